@@ -1,0 +1,643 @@
+//! The `fepd` command line. This is the edge of the program: library errors become
+//! `anyhow` errors here, printed with what to do next.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+use crate::config::{AgentConfig, SinkConfig, parse_duration};
+use crate::pipeline::{self, Agent};
+use crate::schema::RecordType;
+use crate::spool::{RejectFilter, Spool};
+use crate::{demo, keys, verify};
+
+#[derive(Debug, Parser)]
+#[command(name = "fepd", version, about = "Front-end processor agent for the livelihood-fund supervision platform", long_about = None)]
+pub struct Cli {
+    /// The agent config file.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "FEPD_CONFIG",
+        default_value = "/etc/fepd/fepd.toml"
+    )]
+    pub config: PathBuf,
+    /// Log filter, e.g. `info`, `debug`, `fepd=debug` (default: info; warn for `demo`).
+    #[arg(long, global = true, env = "FEPD_LOG")]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: a pass of every connector every `--interval`, delivering as it goes.
+    Run {
+        /// One pass of every connector, deliver everything, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Time between passes.
+        #[arg(long, default_value = "5m")]
+        interval: String,
+    },
+    /// Generate a sample legacy database, run one pass into a dir sink, verify, summarise.
+    Demo {
+        /// Where the demo lives.
+        #[arg(long, default_value = "fepd-demo")]
+        dir: PathBuf,
+        /// Subsidy payment rows to generate.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Start over: delete the demo directory first.
+        #[arg(long)]
+        reset: bool,
+        /// Before the pass, update a few rows and delete a few ledger entries in the demo
+        /// database, to see exactly those changes delivered.
+        #[arg(long)]
+        mutate: bool,
+    },
+    /// Validate the configuration and try every connector's source.
+    Check,
+    /// Show how a connector's rows map (records and rejects with reasons); writes nothing.
+    Preview {
+        connector: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The spool and every connector's position.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Quarantined rows and why they were rejected.
+    Rejects {
+        #[command(subcommand)]
+        action: RejectsCommand,
+    },
+    /// Print the JSON Schema of one record type's data (or of all, with the envelope).
+    Schema { record_type: Option<String> },
+    /// Create a signing key (mode 0600) and print its public key for the platform.
+    Keygen {
+        /// Key file to create (default: `signing_key` of the config).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a directory of delivered batches: hashes, chain, seq continuity, signatures.
+    Verify {
+        dir: PathBuf,
+        /// The agent's public key (base64), or a file holding it.
+        #[arg(long)]
+        pubkey: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RejectsCommand {
+    /// List rejects with their reasons.
+    List {
+        #[arg(long)]
+        connector: Option<String>,
+        /// Only rejects that broke this rule, e.g. `idcard.check_char`.
+        #[arg(long)]
+        rule: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export rejects to CSV (UTF-8 with BOM, opens in Excel).
+    Export {
+        #[arg(long)]
+        connector: Option<String>,
+        #[arg(long)]
+        rule: Option<String>,
+        /// Output file; `-` for standard output.
+        #[arg(long, default_value = "-")]
+        out: PathBuf,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    // One TLS crypto provider for every crate (see crate-notes.md); an error only means one
+    // was installed already.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    let default_log = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(cli.log.as_deref().unwrap_or(default_log))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run { once, interval } => run(&cli.config, once, &interval).await,
+        Command::Demo {
+            dir,
+            rows,
+            reset,
+            mutate,
+        } => run_demo(&dir, rows, reset, mutate).await,
+        Command::Check => check(&cli.config).await,
+        Command::Preview { connector, limit } => preview(&cli.config, &connector, limit).await,
+        Command::Status { json } => status(&cli.config, json).await,
+        Command::Rejects { action } => rejects(&cli.config, action).await,
+        Command::Schema { record_type } => schema(record_type.as_deref()),
+        Command::Keygen { out } => keygen(&cli.config, out),
+        Command::Verify { dir, pubkey } => verify_cmd(&dir, &pubkey),
+    }
+}
+
+fn load(config: &Path) -> Result<AgentConfig> {
+    Ok(AgentConfig::load(config)?)
+}
+
+async fn run(config: &Path, once: bool, interval: &str) -> Result<ExitCode> {
+    let interval = parse_duration(interval)
+        .map_err(anyhow::Error::msg)
+        .context("--interval")?;
+    let agent = Agent::open(load(config)?).await?;
+    loop {
+        let summary = pipeline::run_once(&agent).await?;
+        for p in &summary.passes {
+            tracing::info!(connector = %p.connector, records = p.records, rejects = p.rejects, "pass done");
+        }
+        if once {
+            for (c, e) in &summary.failures {
+                eprintln!("error: connector {c}: {e}");
+            }
+            println!(
+                "{} connector(s) run, {} record(s) delivered in {} batch(es), {} failure(s)",
+                summary.passes.len(),
+                summary.delivered.records,
+                summary.delivered.batches,
+                summary.failures.len()
+            );
+            return Ok(if summary.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+async fn run_demo(dir: &Path, rows: usize, reset: bool, mutate: bool) -> Result<ExitCode> {
+    if reset && dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let db = dir.join("legacy.db");
+    let mut notes = Vec::new();
+    if !db.exists() {
+        let g = demo::generate(&db, rows)
+            .await
+            .context("generating the demo database")?;
+        notes.push(format!(
+            "generated {} with {} subsidy payments ({} planted bad rows) and {} ledger entries",
+            db.display(),
+            g.subsidy_rows,
+            g.planted.len(),
+            g.ledger_rows
+        ));
+    } else if mutate {
+        let counter = dir.join(".mutations");
+        let round: u32 = std::fs::read_to_string(&counter)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let m = demo::mutate(&db, round)
+            .await
+            .context("changing the demo database")?;
+        std::fs::write(&counter, (round + 1).to_string())?;
+        notes.push(format!(
+            "changed the demo database: {} subsidy row(s) and {} ledger entr(ies) updated, {} ledger entr(ies) deleted",
+            m.subsidy_updated.len(),
+            m.ledger_updated.len(),
+            m.ledger_deleted.len()
+        ));
+    }
+    let config_path = demo::write_config(dir)?;
+    let key_path = dir.join("signing.key");
+    let key = if key_path.exists() {
+        keys::load_signing_key(&key_path)?
+    } else {
+        keys::generate_signing_key(&key_path)?
+    };
+    let config = load(&config_path)?;
+    let outbox = match &config.sink {
+        SinkConfig::Dir { path } => path.clone(),
+    };
+    let agent = Agent::open(config).await?;
+    let rejects_before = agent.spool.max_reject_id().await?;
+    let started = Instant::now();
+    let summary = pipeline::run_once(&agent).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let report = verify::verify_dir(&outbox, &key.verifying_key())?;
+    let reasons = agent.spool.reject_summary(rejects_before).await?;
+
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "fepd demo — {}", dir.display())?;
+    for n in &notes {
+        writeln!(out, "  {n}")?;
+    }
+    let rows_read: u64 = summary.passes.iter().map(|p| p.rows_read).sum();
+    let rejected: u64 = summary.passes.iter().map(|p| p.rejects).sum();
+    for p in &summary.passes {
+        writeln!(
+            out,
+            "  {:<8} rows read {:>8}  records {:>8} (deletes {})  unchanged {:>8}  rejected {:>5}",
+            p.connector, p.rows_read, p.records, p.deletes, p.unchanged, p.rejects
+        )?;
+    }
+    writeln!(out, "  rows read           {rows_read}")?;
+    writeln!(
+        out,
+        "  records delivered   {} in {} batch(es) to {}",
+        summary.delivered.records,
+        summary.delivered.batches,
+        outbox.display()
+    )?;
+    writeln!(
+        out,
+        "  rows rejected       {rejected} (new reasons below; all rejects: fepd -c {} rejects list)",
+        agent.config.path.display()
+    )?;
+    for (connector, reason, n) in &reasons {
+        writeln!(out, "    {n:>6}  {connector}: {reason}")?;
+    }
+    writeln!(out, "  seconds             {seconds:.2}")?;
+    writeln!(
+        out,
+        "  records/s           {:.0}",
+        rows_read as f64 / seconds.max(1e-9)
+    )?;
+    for (c, e) in &summary.failures {
+        writeln!(out, "  FAILED {c}: {e}")?;
+    }
+    if report.ok() {
+        let chains: Vec<String> = report
+            .chains
+            .iter()
+            .map(|(c, s)| {
+                format!(
+                    "{c} seq {}..{} ({} batches)",
+                    s.first_seq, s.last_seq, s.batches
+                )
+            })
+            .collect();
+        writeln!(out, "  verify              OK: {}", chains.join(", "))?;
+    } else {
+        for b in &report.breaks {
+            writeln!(out, "  verify              BROKEN: {b}")?;
+        }
+    }
+    writeln!(out, "  public key          {}", keys::public_key_b64(&key))?;
+    writeln!(
+        out,
+        "  next: run it again (nothing new is delivered), or `fepd demo --mutate` to change a few rows"
+    )?;
+    if !report.ok() || !summary.failures.is_empty() {
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(config: &Path) -> Result<ExitCode> {
+    let config = load(config)?;
+    println!(
+        "config {}: OK ({} connector(s))",
+        config.path.display(),
+        config.connectors.len()
+    );
+    let mut failed = false;
+    match keys::load_signing_key(&config.signing_key) {
+        Ok(k) => println!(
+            "signing key {}: OK, public key {}",
+            config.signing_key.display(),
+            keys::public_key_b64(&k)
+        ),
+        Err(e) => {
+            failed = true;
+            println!("signing key: FAILED: {e}");
+        }
+    }
+    match &config.sink {
+        SinkConfig::Dir { path } => match probe_writable(path) {
+            Ok(()) => println!("sink dir {}: OK (writable)", path.display()),
+            Err(e) => {
+                failed = true;
+                println!("sink dir {}: FAILED: {e}", path.display());
+            }
+        },
+    }
+    match probe_writable(&config.state_dir) {
+        Ok(()) => println!("state dir {}: OK (writable)", config.state_dir.display()),
+        Err(e) => {
+            failed = true;
+            println!("state dir {}: FAILED: {e}", config.state_dir.display());
+        }
+    }
+    for c in &config.connectors {
+        let state = if c.enabled { "" } else { " (disabled)" };
+        match pipeline::check_connector(c).await {
+            Ok(t) => println!(
+                "connector {}{state}: OK ({} {}, query ran in {} ms)",
+                c.name,
+                c.source.driver_name(),
+                c.record_type,
+                t.as_millis()
+            ),
+            Err(e) => {
+                failed = true;
+                println!("connector {}{state}: FAILED: {e}", c.name);
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn probe_writable(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(".fepd-check");
+    std::fs::write(&probe, b"ok")?;
+    std::fs::remove_file(probe)
+}
+
+async fn preview(config: &Path, connector: &str, limit: usize) -> Result<ExitCode> {
+    let config = load(config)?;
+    let Some(c) = config.connector(connector) else {
+        let names: Vec<&str> = config.connectors.iter().map(|c| c.name.as_str()).collect();
+        bail!(
+            "no connector `{connector}`; configured: {}",
+            names.join(", ")
+        );
+    };
+    let results = pipeline::preview(&config, c, limit).await?;
+    let mut out = std::io::stdout().lock();
+    let (mut ok, mut bad) = (0, 0);
+    for r in &results {
+        match r {
+            Ok(m) => {
+                ok += 1;
+                writeln!(
+                    out,
+                    "ok     {}  {}",
+                    m.source_key,
+                    String::from_utf8_lossy(&m.data)
+                )?;
+            }
+            Err(rej) => {
+                bad += 1;
+                let reasons: Vec<String> = rej.reasons.iter().map(|r| r.to_string()).collect();
+                writeln!(out, "REJECT {}  {}", rej.source_key, reasons.join("; "))?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{} row(s): {ok} ok, {bad} rejected (preview writes nothing)",
+        results.len()
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn status(config: &Path, json: bool) -> Result<ExitCode> {
+    let config = load(config)?;
+    let spool = Spool::open_reader(&config.state_dir).await?;
+    let stats = spool.stats().await?;
+    let states = spool.connector_states().await?;
+    if json {
+        let connectors: Vec<serde_json::Value> = states
+            .iter()
+            .map(|(c, last, cur, at)| serde_json::json!({"connector": c, "last_seq": last, "cursor": cur.as_ref().map(|c| c.display()), "updated_at": at}))
+            .collect();
+        let doc =
+            serde_json::json!({"agent": config.agent_id, "spool": stats, "connectors": connectors});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "agent      {} (region {})",
+        config.agent_id, config.region_code
+    );
+    println!("spool      {}", spool.path().display());
+    println!(
+        "pending    {} batch(es), {} record(s)",
+        stats.pending_batches, stats.pending_records
+    );
+    println!("delivered  {} batch(es) retained", stats.delivered_batches);
+    println!("rejects    {}", stats.rejects);
+    for (c, last, cur, at) in &states {
+        let cur = cur
+            .as_ref()
+            .map(|c| c.display())
+            .unwrap_or_else(|| "-".into());
+        println!("connector  {c:<16} last seq {last:<10} cursor {cur:<28} updated {at}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rejects(config: &Path, action: RejectsCommand) -> Result<ExitCode> {
+    let config = load(config)?;
+    let spool = Spool::open_reader(&config.state_dir).await?;
+    match action {
+        RejectsCommand::List {
+            connector,
+            rule,
+            limit,
+            json,
+        } => {
+            let list = spool
+                .rejects(&RejectFilter {
+                    connector,
+                    rule,
+                    limit: Some(limit),
+                })
+                .await?;
+            let mut out = std::io::stdout().lock();
+            for r in &list {
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(r)?)?;
+                } else {
+                    writeln!(
+                        out,
+                        "#{} {} key {} (seen {}x, last {})",
+                        r.id, r.connector, r.source_key, r.occurrences, r.last_seen
+                    )?;
+                    for reason in &r.reasons {
+                        writeln!(out, "    {reason}   [{}]", reason.rule)?;
+                    }
+                }
+            }
+            if !json {
+                writeln!(out, "{} reject(s) shown", list.len())?;
+            }
+        }
+        RejectsCommand::Export {
+            connector,
+            rule,
+            out,
+        } => {
+            let list = spool
+                .rejects(&RejectFilter {
+                    connector,
+                    rule,
+                    limit: None,
+                })
+                .await?;
+            let sink: Box<dyn Write> = if out.as_os_str() == "-" {
+                Box::new(std::io::stdout().lock())
+            } else {
+                Box::new(
+                    std::fs::File::create(&out)
+                        .with_context(|| format!("creating {}", out.display()))?,
+                )
+            };
+            let mut sink = sink;
+            // A BOM so that Excel opens the UTF-8 (Chinese) text correctly.
+            sink.write_all("\u{feff}".as_bytes())?;
+            let mut w = csv::Writer::from_writer(sink);
+            w.write_record([
+                "connector",
+                "source_key",
+                "fields",
+                "rules",
+                "reasons",
+                "raw_row",
+                "first_seen",
+                "last_seen",
+                "occurrences",
+            ])?;
+            for r in &list {
+                let fields: Vec<&str> = r.reasons.iter().map(|x| x.field.as_str()).collect();
+                let rules: Vec<&str> = r.reasons.iter().map(|x| x.rule.as_str()).collect();
+                let reasons: Vec<String> = r.reasons.iter().map(|x| x.to_string()).collect();
+                w.write_record([
+                    r.connector.as_str(),
+                    &r.source_key,
+                    &fields.join("; "),
+                    &rules.join("; "),
+                    &reasons.join("; "),
+                    &r.raw.to_string(),
+                    &r.first_seen,
+                    &r.last_seen,
+                    &r.occurrences.to_string(),
+                ])?;
+            }
+            w.flush()?;
+            if out.as_os_str() != "-" {
+                eprintln!("{} reject(s) written to {}", list.len(), out.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn schema(record_type: Option<&str>) -> Result<ExitCode> {
+    let doc = match record_type {
+        Some(name) => crate::schema::json_schema::data_schema(name.parse::<RecordType>()?),
+        None => crate::schema::json_schema::all_schemas(),
+    };
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(config: &Path, out: Option<PathBuf>) -> Result<ExitCode> {
+    let path = match out {
+        Some(p) => p,
+        None => {
+            load(config)
+                .context("no --out given, so the key path comes from the config")?
+                .signing_key
+        }
+    };
+    let key = keys::generate_signing_key(&path)?;
+    eprintln!(
+        "wrote {} (mode 0600); give the platform this public key:",
+        path.display()
+    );
+    println!("{}", keys::public_key_b64(&key));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_cmd(dir: &Path, pubkey: &str) -> Result<ExitCode> {
+    let key = keys::parse_public_key(pubkey)?;
+    let started = Instant::now();
+    let report =
+        verify::verify_dir(dir, &key).with_context(|| format!("reading {}", dir.display()))?;
+    for (c, s) in &report.chains {
+        println!(
+            "{c}: {} batch(es), {} record(s), seq {}..{}, head {}",
+            s.batches, s.records, s.first_seq, s.last_seq, s.head_hash
+        );
+    }
+    if report.ok() {
+        println!(
+            "OK: every hash, id, seq and signature verified ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for b in &report.breaks {
+        println!("BROKEN: {b}");
+    }
+    let _ = Duration::ZERO;
+    Ok(ExitCode::FAILURE)
+}

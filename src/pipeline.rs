@@ -1,0 +1,531 @@
+//! One pass of a connector — source → mapper → spool — and the delivery that runs beside
+//! it (spool → sink).
+//!
+//! The reader (this task) streams rows, maps and validates them, and hands chunks of at
+//! most `batch_size` rows through a bounded channel to the writer task, which suppresses
+//! unchanged rows by their stored hashes, builds and signs the batch, and commits it with
+//! the advanced cursor in one spool transaction. A third task delivers committed batches
+//! to the sink as they appear. Each stage holds at most a couple of chunks, so memory does
+//! not depend on the table size.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, FixedOffset, Utc};
+use ed25519_dalek::SigningKey;
+use futures_util::StreamExt;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::config::{AgentConfig, ConnectorConfig, CursorMode};
+use crate::envelope::{BatchBuilder, Chain, LineInput};
+use crate::keys::{KeyError, load_signing_key};
+use crate::mapping::{Mapped, Mapper, Rejected};
+use crate::schema::rules::RuleContext;
+use crate::sink::{self, Delivered, Sink, SinkError};
+use crate::source::cursor::{
+    CursorState, CursorValue, Layout, SnapshotPhase, Start, build_query, start_of_pass,
+};
+use crate::source::{self, Row, SourceError};
+use crate::spool::{CommitUnit, Spool, SpoolError};
+
+/// Why a pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("connector {connector}: cannot build batch: {source}")]
+    Build {
+        connector: String,
+        source: std::io::Error,
+    },
+    #[error("connector {0}: the writer task stopped unexpectedly")]
+    WriterGone(String),
+}
+
+impl PassError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PassError::Source(e) => e.is_retryable(),
+            PassError::Spool(e) => e.is_retryable(),
+            PassError::Sink(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// The running agent: config, spool, sink and signing key.
+pub struct Agent {
+    pub config: AgentConfig,
+    pub spool: Spool,
+    pub sink: Arc<dyn Sink>,
+    pub key: SigningKey,
+}
+
+impl Agent {
+    pub async fn open(config: AgentConfig) -> Result<Agent, PassError> {
+        let key = load_signing_key(&config.signing_key)?;
+        let spool = Spool::open(&config.state_dir).await?;
+        let sink = sink::build(&config)?;
+        Ok(Agent {
+            config,
+            spool,
+            sink,
+            key,
+        })
+    }
+
+    fn rule_context(&self, c: &ConnectorConfig) -> RuleContext {
+        RuleContext {
+            today: Utc::now()
+                .with_timezone(&self.config.time_zone)
+                .date_naive(),
+            agent_region: Some(self.config.region_code.clone()),
+            time_zone: c.extract.time_zone,
+        }
+    }
+}
+
+/// What one pass of one connector did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PassStats {
+    pub connector: String,
+    pub rows_read: u64,
+    /// Records (upserts and deletes) committed to the spool.
+    pub records: u64,
+    pub deletes: u64,
+    /// Rows read again but unchanged (suppressed by their hash).
+    pub unchanged: u64,
+    pub rejects: u64,
+    pub batches: u64,
+    pub seconds: f64,
+}
+
+/// What `run_once` did.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub passes: Vec<PassStats>,
+    /// Connectors whose pass failed, with the error. The others still ran.
+    pub failures: Vec<(String, PassError)>,
+    pub delivered: Delivered,
+}
+
+/// Runs one pass of every enabled connector (one at a time) while delivering what they
+/// spool; returns when everything spooled has been delivered. A failing connector does not
+/// stop the others; a failing sink stops the run (the spool keeps the batches).
+pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
+    let notify = Arc::new(Notify::new());
+    let (done_tx, done_rx) = watch::channel(false);
+    let delivery = deliver_until_done(&agent.spool, agent.sink.as_ref(), notify.clone(), done_rx);
+    let extraction = async {
+        let mut summary = RunSummary::default();
+        for c in agent.config.connectors.iter().filter(|c| c.enabled) {
+            match run_pass(agent, c, &notify).await {
+                Ok(s) => summary.passes.push(s),
+                Err(e) => {
+                    tracing::error!(connector = %c.name, error = %e, retryable = e.is_retryable(), "pass failed");
+                    summary.failures.push((c.name.clone(), e));
+                }
+            }
+        }
+        let _ = done_tx.send(true);
+        summary
+    };
+    let (mut summary, delivered) = tokio::join!(extraction, delivery);
+    summary.delivered = delivered?;
+    agent.spool.prune(agent.config.spool.retention).await?;
+    Ok(summary)
+}
+
+async fn deliver_until_done(
+    spool: &Spool,
+    sink: &dyn Sink,
+    notify: Arc<Notify>,
+    mut done: watch::Receiver<bool>,
+) -> Result<Delivered, SinkError> {
+    let mut total = Delivered::default();
+    loop {
+        let finished = *done.borrow_and_update();
+        let d = sink::deliver_pending(spool, sink).await?;
+        total.batches += d.batches;
+        total.records += d.records;
+        if finished {
+            return Ok(total);
+        }
+        tokio::select! {
+            _ = notify.notified() => {}
+            changed = done.changed() => {
+                if changed.is_err() {
+                    // Extraction ended without saying so (it failed): deliver what is
+                    // spooled and stop.
+                    let d = sink::deliver_pending(spool, sink).await?;
+                    total.batches += d.batches;
+                    total.records += d.records;
+                    return Ok(total);
+                }
+            }
+        }
+    }
+}
+
+/// A chunk of mapped rows handed from the reader to the writer.
+struct Chunk {
+    mapped: Vec<Mapped>,
+    rejects: Vec<Rejected>,
+    /// The cursor after the chunk's last row.
+    cursor: Option<CursorState>,
+}
+
+/// Runs one pass of one connector; `committed` is notified after each spool commit.
+pub async fn run_pass(
+    agent: &Agent,
+    c: &ConnectorConfig,
+    committed: &Arc<Notify>,
+) -> Result<PassStats, PassError> {
+    let started = Instant::now();
+    let state = agent.spool.state(&c.name).await?;
+    let layout = Layout::for_connector(c);
+    let mapper = Mapper::new(
+        c,
+        &layout,
+        agent.config.hmac_key.clone(),
+        agent.rule_context(c),
+    );
+
+    let (generation, scan) = match (&c.extract.mode, &state.cursor) {
+        (
+            CursorMode::Snapshot,
+            Some(CursorState::Snapshot {
+                generation, phase, ..
+            }),
+        ) => match phase {
+            SnapshotPhase::Scan => (*generation, true),
+            SnapshotPhase::Deletes => (*generation, false),
+            SnapshotPhase::Done => (generation + 1, true),
+        },
+        (CursorMode::Snapshot, _) => (1, true),
+        _ => (0, true),
+    };
+    let start = start_of_pass(c, state.cursor.as_ref());
+    tracing::info!(connector = %c.name, mode = c.extract.mode.name(), start = ?start, "pass starting");
+
+    let (tx, rx) = mpsc::channel::<Chunk>(2);
+    let writer = Writer {
+        spool: agent.spool.clone(),
+        builder: BatchBuilder {
+            agent: agent.config.agent_id.clone(),
+            connector: c.name.clone(),
+            record_type: c.record_type.as_str().to_string(),
+            region6: agent.config.region6().to_string(),
+            compression: agent.config.spool.compression,
+            key: &agent.key,
+        },
+        chain: state.chain,
+        mode: c.extract.mode.clone(),
+        generation,
+        batch_size: agent.config.spool.batch_size,
+        committed: committed.clone(),
+        time_zone: agent.config.time_zone,
+        stats: PassStats {
+            connector: c.name.clone(),
+            ..Default::default()
+        },
+    };
+    let write = writer.run(rx);
+    let read = async {
+        let mut rows_read = 0u64;
+        if scan {
+            let driver = source::open(c).await?;
+            let query = build_query(driver.dialect(), c, &layout, &start, None);
+            tracing::debug!(connector = %c.name, sql = %query.sql, "source query");
+            let mut rows = driver.rows(&query);
+            let mut chunk = Chunk {
+                mapped: Vec::new(),
+                rejects: Vec::new(),
+                cursor: None,
+            };
+            let mut last_cursor = state.cursor.clone();
+            while let Some(row) = rows.next().await {
+                let row = row?;
+                rows_read += 1;
+                if let Some(cur) = cursor_after(c, &layout, &row, generation) {
+                    last_cursor = Some(cur);
+                }
+                match mapper.map(&row) {
+                    Ok(m) => chunk.mapped.push(m),
+                    Err(r) => chunk.rejects.push(r),
+                }
+                if chunk.mapped.len() + chunk.rejects.len() >= agent.config.spool.batch_size {
+                    chunk.cursor = last_cursor.clone();
+                    let full = std::mem::replace(
+                        &mut chunk,
+                        Chunk {
+                            mapped: Vec::new(),
+                            rejects: Vec::new(),
+                            cursor: None,
+                        },
+                    );
+                    if tx.send(full).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            if !chunk.mapped.is_empty() || !chunk.rejects.is_empty() {
+                chunk.cursor = last_cursor.clone();
+                let _ = tx.send(chunk).await;
+            }
+        }
+        drop(tx);
+        Ok::<u64, PassError>(rows_read)
+    };
+    let (read, written) = tokio::join!(read, write);
+    let mut stats = written?;
+    stats.rows_read = read?;
+    stats.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        connector = %c.name, rows_read = stats.rows_read, records = stats.records, deletes = stats.deletes,
+        unchanged = stats.unchanged, rejects = stats.rejects, seconds = stats.seconds, "pass finished"
+    );
+    Ok(stats)
+}
+
+/// The cursor position after `row`.
+fn cursor_after(
+    c: &ConnectorConfig,
+    layout: &Layout,
+    row: &Row,
+    generation: i64,
+) -> Option<CursorState> {
+    let key = || {
+        layout
+            .key
+            .iter()
+            .map(|i| row.get(*i).and_then(CursorValue::from_value))
+            .collect::<Option<Vec<_>>>()
+    };
+    let at = |i: Option<usize>| i.and_then(|i| row.get(i)).and_then(CursorValue::from_value);
+    match &c.extract.mode {
+        CursorMode::Incrementing { .. } => Some(CursorState::Incrementing {
+            last: at(layout.cursor)?,
+        }),
+        CursorMode::Timestamp { .. } => Some(CursorState::Timestamp {
+            ts: at(layout.cursor)?,
+            key: key().unwrap_or_default(),
+        }),
+        CursorMode::Snapshot => Some(CursorState::Snapshot {
+            generation,
+            phase: SnapshotPhase::Scan,
+            after_key: Some(key()?),
+        }),
+    }
+}
+
+struct Writer<'k> {
+    spool: Spool,
+    builder: BatchBuilder<'k>,
+    chain: Chain,
+    mode: CursorMode,
+    generation: i64,
+    batch_size: usize,
+    committed: Arc<Notify>,
+    time_zone: chrono_tz::Tz,
+    stats: PassStats,
+}
+
+impl Writer<'_> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Chunk>) -> Result<PassStats, PassError> {
+        let mut scanned = false;
+        while let Some(chunk) = rx.recv().await {
+            scanned = true;
+            self.write_chunk(chunk).await?;
+        }
+        if let CursorMode::Snapshot = self.mode {
+            self.finish_snapshot(scanned).await?;
+        }
+        Ok(self.stats)
+    }
+
+    fn now(&self) -> DateTime<FixedOffset> {
+        Utc::now().with_timezone(&self.time_zone).fixed_offset()
+    }
+
+    async fn write_chunk(&mut self, chunk: Chunk) -> Result<(), PassError> {
+        let connector = self.builder.connector.clone();
+        let tracks_hashes = !matches!(self.mode, CursorMode::Incrementing { .. });
+        let stored: HashMap<String, String> = if tracks_hashes {
+            let keys: Vec<&str> = chunk.mapped.iter().map(|m| m.source_key.as_str()).collect();
+            self.spool.row_hashes(&connector, &keys).await?
+        } else {
+            HashMap::new()
+        };
+        let mut unit = CommitUnit {
+            generation: self.generation,
+            cursor: chunk.cursor,
+            ..Default::default()
+        };
+        let mut lines_src: Vec<(&Mapped, String)> = Vec::with_capacity(chunk.mapped.len());
+        for m in &chunk.mapped {
+            let hash_hex = hex::encode(m.content_hash);
+            if stored.get(&m.source_key) == Some(&hash_hex) {
+                self.stats.unchanged += 1;
+                if matches!(self.mode, CursorMode::Snapshot) {
+                    unit.seen_keys.push(m.source_key.clone());
+                }
+                continue;
+            }
+            if tracks_hashes {
+                unit.row_hashes
+                    .push((m.source_key.clone(), hash_hex.clone()));
+            }
+            lines_src.push((m, hash_hex));
+        }
+        if matches!(self.mode, CursorMode::Snapshot) {
+            // A row that is bad now is still there: it must not turn into a delete.
+            unit.seen_keys
+                .extend(chunk.rejects.iter().map(|r| r.source_key.clone()));
+        }
+        self.stats.rejects += chunk.rejects.len() as u64;
+        unit.rejects = chunk.rejects;
+        let lines: Vec<LineInput<'_>> = lines_src
+            .iter()
+            .map(|(m, h)| LineInput {
+                source_key: &m.source_key,
+                data: Some(&m.data),
+                content_hash_hex: h,
+            })
+            .collect();
+        self.commit(unit, &lines).await
+    }
+
+    async fn commit(
+        &mut self,
+        mut unit: CommitUnit,
+        lines: &[LineInput<'_>],
+    ) -> Result<(), PassError> {
+        let mut chain_after = self.chain;
+        if !lines.is_empty() {
+            let built = self
+                .builder
+                .build(self.chain, lines, &self.now())
+                .map_err(|source| PassError::Build {
+                    connector: self.builder.connector.clone(),
+                    source,
+                })?;
+            chain_after = built.chain;
+            unit.batch = Some(built);
+        }
+        self.spool
+            .commit(&self.builder.connector, &unit, chain_after)
+            .await?;
+        self.chain = chain_after;
+        if !lines.is_empty() {
+            self.stats.records += lines.len() as u64;
+            self.stats.batches += 1;
+            self.committed.notify_one();
+        }
+        crate::crashpoint::hit("after_spool_commit");
+        Ok(())
+    }
+
+    /// After a complete scan: every key the scan did not see is emitted as a delete.
+    async fn finish_snapshot(&mut self, _scanned: bool) -> Result<(), PassError> {
+        let connector = self.builder.connector.clone();
+        let deletes_cursor = CursorState::Snapshot {
+            generation: self.generation,
+            phase: SnapshotPhase::Deletes,
+            after_key: None,
+        };
+        // Record that the scan completed before emitting deletes, so a restart resumes the
+        // deletes instead of rescanning.
+        self.commit(
+            CommitUnit {
+                generation: self.generation,
+                cursor: Some(deletes_cursor.clone()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .await?;
+        loop {
+            let keys = self
+                .spool
+                .unseen_keys(&connector, self.generation, self.batch_size as i64)
+                .await?;
+            if keys.is_empty() {
+                break;
+            }
+            let lines: Vec<LineInput<'_>> = keys
+                .iter()
+                .map(|k| LineInput {
+                    source_key: k,
+                    data: None,
+                    content_hash_hex: "",
+                })
+                .collect();
+            let unit = CommitUnit {
+                generation: self.generation,
+                deleted_keys: keys.clone(),
+                cursor: Some(deletes_cursor.clone()),
+                ..Default::default()
+            };
+            self.stats.deletes += keys.len() as u64;
+            self.commit(unit, &lines).await?;
+        }
+        let done = CursorState::Snapshot {
+            generation: self.generation,
+            phase: SnapshotPhase::Done,
+            after_key: None,
+        };
+        self.commit(
+            CommitUnit {
+                generation: self.generation,
+                cursor: Some(done),
+                ..Default::default()
+            },
+            &[],
+        )
+        .await
+    }
+}
+
+/// Maps up to `limit` rows of a connector without writing anything: for `fepd preview`.
+pub async fn preview(
+    config: &AgentConfig,
+    c: &ConnectorConfig,
+    limit: usize,
+) -> Result<Vec<Result<Mapped, Rejected>>, PassError> {
+    let layout = Layout::for_connector(c);
+    let rules = RuleContext {
+        today: Utc::now().with_timezone(&config.time_zone).date_naive(),
+        agent_region: Some(config.region_code.clone()),
+        time_zone: c.extract.time_zone,
+    };
+    let mapper = Mapper::new(c, &layout, config.hmac_key.clone(), rules);
+    let driver = source::open(c).await?;
+    let query = build_query(driver.dialect(), c, &layout, &Start::Beginning, Some(limit));
+    let mut rows = driver.rows(&query);
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await {
+        out.push(mapper.map(&row?));
+    }
+    Ok(out)
+}
+
+/// Opens a connector's source and reads one row through the real query: for `fepd check`.
+pub async fn check_connector(c: &ConnectorConfig) -> Result<Duration, SourceError> {
+    let started = Instant::now();
+    let layout = Layout::for_connector(c);
+    let driver = source::open(c).await?;
+    let query = build_query(driver.dialect(), c, &layout, &Start::Beginning, Some(1));
+    let mut rows = driver.rows(&query);
+    if let Some(r) = rows.next().await {
+        r?;
+    }
+    Ok(started.elapsed())
+}

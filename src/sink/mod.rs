@@ -1,0 +1,73 @@
+//! Sinks deliver spooled batches, in sequence order per connector, and a batch is marked
+//! delivered only after the sink has made it durable (the dir sink: fsynced and renamed;
+//! the AMQP sink: confirmed by the broker). A failed delivery leaves the batch in the
+//! spool to be retried; a sink must therefore accept the same batch twice harmlessly.
+
+pub mod dir;
+
+use futures_util::future::BoxFuture;
+use std::sync::Arc;
+
+use crate::config::{AgentConfig, SinkConfig};
+use crate::spool::{Spool, SpoolError, StoredBatch};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("sink {sink}: {message}")]
+    Io { sink: String, message: String },
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+impl SinkError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Io { .. } => true,
+            SinkError::Spool(e) => e.is_retryable(),
+        }
+    }
+}
+
+/// A delivery target.
+pub trait Sink: Send + Sync {
+    /// Short description for logs and status ("dir /var/spool/fepd/outbox").
+    fn describe(&self) -> String;
+
+    /// Delivers one batch durably. Delivering the same batch again must be harmless.
+    fn deliver<'a>(&'a self, batch: &'a StoredBatch) -> BoxFuture<'a, Result<(), SinkError>>;
+}
+
+/// Builds the configured sink.
+pub fn build(config: &AgentConfig) -> Result<Arc<dyn Sink>, SinkError> {
+    match &config.sink {
+        SinkConfig::Dir { path } => Ok(Arc::new(dir::DirSink::new(path.clone())?)),
+    }
+}
+
+/// What a delivery round did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Delivered {
+    pub batches: u64,
+    pub records: u64,
+}
+
+/// Delivers every pending batch, oldest first per connector, until none is left.
+pub async fn deliver_pending(spool: &Spool, sink: &dyn Sink) -> Result<Delivered, SinkError> {
+    let mut done = Delivered::default();
+    loop {
+        let batches = spool.pending(32).await?;
+        if batches.is_empty() {
+            return Ok(done);
+        }
+        for b in &batches {
+            sink.deliver(b).await?;
+            crate::crashpoint::hit("after_sink_write");
+            spool
+                .mark_delivered(&b.meta.connector, b.meta.first_seq)
+                .await?;
+            done.batches += 1;
+            done.records += b.meta.count as u64;
+            tracing::debug!(connector = %b.meta.connector, first_seq = b.meta.first_seq, last_seq = b.meta.last_seq, "batch delivered");
+        }
+    }
+}
