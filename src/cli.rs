@@ -150,7 +150,15 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    // Run the command on a worker thread, not the main thread, so that everything it spawns
+    // and the command itself share the runtime's workers.
+    let outcome = runtime.block_on(async {
+        match tokio::spawn(dispatch(cli)).await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("internal error: {e}")),
+        }
+    });
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

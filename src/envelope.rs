@@ -159,16 +159,16 @@ pub struct BuiltBatch {
 
 /// Builds batches of one connector: assigns sequence numbers, chains hashes, compresses,
 /// signs.
-pub struct BatchBuilder<'k> {
+pub struct BatchBuilder {
     pub agent: String,
     pub connector: String,
     pub record_type: String,
     pub region6: String,
     pub compression: Compression,
-    pub key: &'k SigningKey,
+    pub key: SigningKey,
 }
 
-impl BatchBuilder<'_> {
+impl BatchBuilder {
     /// Builds one batch from `records`, continuing `chain`. `collected_at` is stamped on
     /// every line of the batch.
     pub fn build(
@@ -275,7 +275,7 @@ impl BatchBuilder<'_> {
 pub fn gzip(plain: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(plain.len() / 4),
-        flate2::Compression::new(3),
+        flate2::Compression::fast(),
     );
     enc.write_all(plain)?;
     enc.finish()
@@ -305,7 +305,7 @@ mod tests {
             record_type: "individual_subsidy".into(),
             region6: "430124".into(),
             compression: Compression::None,
-            key: &key,
+            key: key.clone(),
         };
         let at = DateTime::parse_from_rfc3339("2026-12-04T10:00:00+08:00").unwrap();
         let recs = [

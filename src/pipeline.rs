@@ -122,7 +122,7 @@ pub struct RunSummary {
 pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
     let notify = Arc::new(Notify::new());
     let (done_tx, done_rx) = watch::channel(false);
-    let delivery = deliver_until_done(&agent.spool, agent.sink.as_ref(), notify.clone(), done_rx);
+    let delivery = tokio::spawn(deliver_until_done(agent.spool.clone(), agent.sink.clone(), notify.clone(), done_rx));
     let extraction = async {
         let mut summary = RunSummary::default();
         for c in agent.config.connectors.iter().filter(|c| c.enabled) {
@@ -138,21 +138,21 @@ pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
         summary
     };
     let (mut summary, delivered) = tokio::join!(extraction, delivery);
-    summary.delivered = delivered?;
+    summary.delivered = delivered.map_err(|e| SinkError::Io { sink: agent.sink.describe(), message: format!("delivery task failed: {e}") })??;
     agent.spool.prune(agent.config.spool.retention).await?;
     Ok(summary)
 }
 
 async fn deliver_until_done(
-    spool: &Spool,
-    sink: &dyn Sink,
+    spool: Spool,
+    sink: Arc<dyn Sink>,
     notify: Arc<Notify>,
     mut done: watch::Receiver<bool>,
 ) -> Result<Delivered, SinkError> {
     let mut total = Delivered::default();
     loop {
         let finished = *done.borrow_and_update();
-        let d = sink::deliver_pending(spool, sink).await?;
+        let d = sink::deliver_pending(&spool, sink.as_ref()).await?;
         total.batches += d.batches;
         total.records += d.records;
         if finished {
@@ -164,7 +164,7 @@ async fn deliver_until_done(
                 if changed.is_err() {
                     // Extraction ended without saying so (it failed): deliver what is
                     // spooled and stop.
-                    let d = sink::deliver_pending(spool, sink).await?;
+                    let d = sink::deliver_pending(&spool, sink.as_ref()).await?;
                     total.batches += d.batches;
                     total.records += d.records;
                     return Ok(total);
@@ -224,7 +224,7 @@ pub async fn run_pass(
             record_type: c.record_type.as_str().to_string(),
             region6: agent.config.region6().to_string(),
             compression: agent.config.spool.compression,
-            key: &agent.key,
+            key: agent.key.clone(),
         },
         chain: state.chain,
         mode: c.extract.mode.clone(),
@@ -237,7 +237,9 @@ pub async fn run_pass(
             ..Default::default()
         },
     };
-    let write = writer.run(rx);
+    // The writer runs as its own task so that building, compressing and committing batches
+    // overlaps with reading and mapping rows on the other core.
+    let write = async { tokio::spawn(writer.run(rx)).await.map_err(|_| PassError::WriterGone(c.name.clone()))? };
     let read = async {
         let mut rows_read = 0u64;
         if scan {
@@ -326,9 +328,9 @@ fn cursor_after(
     }
 }
 
-struct Writer<'k> {
+struct Writer {
     spool: Spool,
-    builder: BatchBuilder<'k>,
+    builder: BatchBuilder,
     chain: Chain,
     mode: CursorMode,
     generation: i64,
@@ -338,7 +340,7 @@ struct Writer<'k> {
     stats: PassStats,
 }
 
-impl Writer<'_> {
+impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Chunk>) -> Result<PassStats, PassError> {
         let mut scanned = false;
         while let Some(chunk) = rx.recv().await {

@@ -467,7 +467,7 @@ fn check_date(value: &Value, ctx: &RuleContext) -> Checked {
             format!("{date} is more than a year after today (latest allowed {last})"),
         ));
     }
-    Ok(Some(Wire::Str(date.format("%Y-%m-%d").to_string())))
+    Ok(Some(Wire::Str(date.to_string())))
 }
 
 /// An integer date such as 20240105 (YYYYMMDD), as some systems store dates.

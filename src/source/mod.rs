@@ -101,12 +101,67 @@ impl SourceError {
     }
 }
 
+/// Hands rows from a blocking driver (rusqlite, later Oracle's ODPI-C) to the async side in
+/// chunks, through a channel holding at most two chunks: the producer blocks when the
+/// pipeline is behind, so memory stays bounded, and per-row cost stays free of thread
+/// hand-offs.
+pub struct Emitter {
+    tx: tokio::sync::mpsc::Sender<Result<Vec<Row>, SourceError>>,
+    buf: Vec<Row>,
+    chunk: usize,
+}
+
+impl Emitter {
+    /// Queues a row; `false` means the reader has gone away and the producer should stop.
+    pub fn emit(&mut self, row: Row) -> bool {
+        self.buf.push(row);
+        if self.buf.len() >= self.chunk {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk));
+            return self.tx.blocking_send(Ok(full)).is_ok();
+        }
+        true
+    }
+
+    fn finish(mut self, result: Result<(), SourceError>) {
+        if !self.buf.is_empty() {
+            let rest = std::mem::take(&mut self.buf);
+            if self.tx.blocking_send(Ok(rest)).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = result {
+            let _ = self.tx.blocking_send(Err(e));
+        }
+    }
+}
+
+/// Runs `produce` on a blocking thread and streams what it emits.
+pub fn blocking_rows<F>(chunk: usize, produce: F) -> RowStream<'static>
+where
+    F: FnOnce(&mut Emitter) -> Result<(), SourceError> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let chunk = chunk.max(1);
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let mut emitter = Emitter { tx, buf: Vec::with_capacity(chunk), chunk };
+        let result = produce(&mut emitter);
+        emitter.finish(result);
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+        .flat_map(|item| match item {
+            Ok(rows) => futures_util::stream::iter(rows.into_iter().map(Ok)).left_stream(),
+            Err(e) => futures_util::stream::once(std::future::ready(Err(e))).right_stream(),
+        })
+        .boxed()
+}
+
 /// Opens the driver named by the connector's `[source]`.
 pub async fn open(connector: &ConnectorConfig) -> Result<Box<dyn SourceDriver>, SourceError> {
     let raw_text = connector.extract.encoding != encoding_rs::UTF_8;
     match &connector.source {
         SourceConfig::Sqlite { path } => Ok(Box::new(
-            sqlite::SqliteSource::open(&connector.name, path, raw_text).await?,
+            sqlite::SqliteSource::open(&connector.name, path, raw_text, connector.extract.fetch_size)?,
         )),
     }
 }

@@ -1,18 +1,21 @@
-//! The `sqlite` driver: legacy SQLite databases, read-only.
+//! The `sqlite` driver: legacy SQLite databases, opened read-only.
+//!
+//! Runs on rusqlite in a blocking thread and hands rows over in chunks (see
+//! [`super::blocking_rows`]): sqlx's SQLite driver moves every row between threads, which
+//! cost more than all the mapping and validation together.
 //!
 //! SQLite is dynamically typed, so each cell is decoded by its storage class (INTEGER,
 //! REAL, TEXT, BLOB), not by the declared column type. Text that is not valid UTF-8 (GBK
 //! written by a legacy program) is passed on as bytes for the connector's `encoding`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{AssertSqlSafe, ConnectOptions as _, Row as _, TypeInfo as _, ValueRef as _};
+use rusqlite::types::{Value as SqlValue, ValueRef};
+use rusqlite::{Connection, OpenFlags};
 
-use super::{Dialect, Row, RowStream, SelectQuery, SourceDriver, SourceError};
+use super::{Dialect, Row, RowStream, SelectQuery, SourceDriver, SourceError, blocking_rows};
 use crate::value::Value;
 
 pub struct SqliteDialect;
@@ -29,164 +32,77 @@ impl Dialect for SqliteDialect {
 
 pub struct SqliteSource {
     connector: String,
-    pool: SqlitePool,
+    path: PathBuf,
     raw_text: bool,
+    fetch_size: usize,
 }
 
 impl SqliteSource {
-    /// Opens the database read-only; it must exist.
-    pub async fn open(
-        connector: &str,
-        path: &Path,
-        raw_text: bool,
-    ) -> Result<SqliteSource, SourceError> {
+    /// Checks that the database exists and opens read-only.
+    pub fn open(connector: &str, path: &Path, raw_text: bool, fetch_size: usize) -> Result<SqliteSource, SourceError> {
+        let source = SqliteSource { connector: connector.to_string(), path: path.to_path_buf(), raw_text, fetch_size };
         if !path.is_file() {
             return Err(SourceError::Connect {
                 connector: connector.to_string(),
-                message: format!(
-                    "SQLite database {} does not exist; check [source] path",
-                    path.display()
-                ),
+                message: format!("SQLite database {} does not exist; check [source] path", path.display()),
                 retryable: false,
             });
         }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .read_only(true)
-            .create_if_missing(false)
-            .busy_timeout(Duration::from_secs(30))
-            .disable_statement_logging();
-        // One connection: at most one query at a time against the source.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
+        source.connect()?;
+        Ok(source)
+    }
+
+    fn connect(&self) -> Result<Connection, SourceError> {
+        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(|e| SourceError::Connect {
-                connector: connector.to_string(),
-                message: format!("{}: {e}", path.display()),
+                connector: self.connector.clone(),
+                message: format!("{}: {e}", self.path.display()),
                 retryable: false,
             })?;
-        Ok(SqliteSource {
-            connector: connector.to_string(),
-            pool,
-            raw_text,
-        })
-    }
-
-    fn query_error(&self, e: sqlx::Error) -> SourceError {
-        let retryable = matches!(&e, sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut)
-            || e.as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "5" || c == "6");
-        SourceError::Query {
-            connector: self.connector.clone(),
-            message: e.to_string(),
-            retryable,
-        }
-    }
-
-    fn decode(&self, row: &SqliteRow) -> Result<Row, SourceError> {
-        let mut out = Vec::with_capacity(row.len());
-        for i in 0..row.len() {
-            let class = {
-                let raw = row
-                    .try_get_raw(i)
-                    .map_err(|e| self.decode_error(row, i, e))?;
-                if raw.is_null() {
-                    StorageClass::Null
-                } else {
-                    StorageClass::of(raw.type_info().name())
-                }
-            };
-            let v = match class {
-                StorageClass::Null => Value::Null,
-                StorageClass::Integer => Value::Int(
-                    row.try_get_unchecked::<i64, _>(i)
-                        .map_err(|e| self.decode_error(row, i, e))?,
-                ),
-                StorageClass::Real => Value::Float(
-                    row.try_get_unchecked::<f64, _>(i)
-                        .map_err(|e| self.decode_error(row, i, e))?,
-                ),
-                StorageClass::Text => {
-                    let bytes: &[u8] = row
-                        .try_get_unchecked(i)
-                        .map_err(|e| self.decode_error(row, i, e))?;
-                    if self.raw_text {
-                        Value::Bytes(bytes.to_vec())
-                    } else {
-                        match std::str::from_utf8(bytes) {
-                            Ok(s) => Value::Text(s.to_string()),
-                            Err(_) => Value::Bytes(bytes.to_vec()),
-                        }
-                    }
-                }
-                StorageClass::Blob => {
-                    let bytes: &[u8] = row
-                        .try_get_unchecked(i)
-                        .map_err(|e| self.decode_error(row, i, e))?;
-                    Value::Bytes(bytes.to_vec())
-                }
-            };
-            out.push(v);
-        }
-        Ok(out)
-    }
-
-    fn decode_error(&self, row: &SqliteRow, i: usize, e: sqlx::Error) -> SourceError {
-        use sqlx::Column as _;
-        let column = row
-            .columns()
-            .get(i)
-            .map(|c| c.name().to_string())
-            .unwrap_or_else(|| format!("#{i}"));
-        SourceError::Decode {
-            connector: self.connector.clone(),
-            column,
-            message: e.to_string(),
-        }
+        conn.busy_timeout(Duration::from_secs(30)).map_err(|e| query_error(&self.connector, e))?;
+        Ok(conn)
     }
 }
 
-enum StorageClass {
-    Null,
-    Integer,
-    Real,
-    Text,
-    Blob,
+fn query_error(connector: &str, e: rusqlite::Error) -> SourceError {
+    let retryable = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    );
+    SourceError::Query { connector: connector.to_string(), message: e.to_string(), retryable }
 }
 
-impl StorageClass {
-    fn of(name: &str) -> StorageClass {
-        match name {
-            "INTEGER" | "BOOLEAN" => StorageClass::Integer,
-            "REAL" => StorageClass::Real,
-            "BLOB" => StorageClass::Blob,
-            "NULL" => StorageClass::Null,
-            _ => StorageClass::Text,
-        }
+fn bind_value(v: &Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Bool(b) => SqlValue::Integer(i64::from(*b)),
+        Value::Int(i) => SqlValue::Integer(*i),
+        Value::Float(f) => SqlValue::Real(*f),
+        Value::Decimal(d) => SqlValue::Text(d.to_string()),
+        Value::Text(s) => SqlValue::Text(s.clone()),
+        Value::Bytes(b) => SqlValue::Blob(b.clone()),
+        // The text layouts SQLite's own date functions write and compare.
+        Value::Date(d) => SqlValue::Text(d.format("%Y-%m-%d").to_string()),
+        Value::DateTime(d) => SqlValue::Text(d.format("%Y-%m-%d %H:%M:%S%.f").to_string()),
+        Value::DateTimeTz(d) => SqlValue::Text(d.to_rfc3339()),
     }
 }
 
-fn build<'q>(
-    q: &SelectQuery,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    let mut query = sqlx::query(AssertSqlSafe(q.sql.clone()));
-    for v in &q.binds {
-        query = match v {
-            Value::Null => query.bind(Option::<i64>::None),
-            Value::Bool(b) => query.bind(*b),
-            Value::Int(i) => query.bind(*i),
-            Value::Float(f) => query.bind(*f),
-            Value::Decimal(d) => query.bind(d.to_string()),
-            Value::Text(s) => query.bind(s.clone()),
-            Value::Bytes(b) => query.bind(b.clone()),
-            Value::Date(d) => query.bind(*d),
-            Value::DateTime(d) => query.bind(*d),
-            Value::DateTimeTz(d) => query.bind(*d),
-        };
+fn decode(row: &rusqlite::Row<'_>, columns: usize, raw_text: bool) -> Result<Row, rusqlite::Error> {
+    let mut out = Vec::with_capacity(columns);
+    for i in 0..columns {
+        out.push(match row.get_ref(i)? {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(n) => Value::Int(n),
+            ValueRef::Real(f) => Value::Float(f),
+            ValueRef::Text(bytes) => match (raw_text, std::str::from_utf8(bytes)) {
+                (false, Ok(s)) => Value::Text(s.to_string()),
+                _ => Value::Bytes(bytes.to_vec()),
+            },
+            ValueRef::Blob(bytes) => Value::Bytes(bytes.to_vec()),
+        });
     }
-    query
+    Ok(out)
 }
 
 impl SourceDriver for SqliteSource {
@@ -195,30 +111,39 @@ impl SourceDriver for SqliteSource {
     }
 
     fn rows<'a>(&'a self, q: &'a SelectQuery) -> RowStream<'a> {
-        build(q)
-            .fetch(&self.pool)
-            .map(move |r| match r {
-                Ok(row) => self.decode(&row),
-                Err(e) => Err(self.query_error(e)),
-            })
-            .boxed()
+        let conn = self.connect();
+        let connector = self.connector.clone();
+        let sql = q.sql.clone();
+        let binds: Vec<SqlValue> = q.binds.iter().map(bind_value).collect();
+        let raw_text = self.raw_text;
+        blocking_rows(self.fetch_size, move |out| {
+            let conn = conn?;
+            let err = |e| query_error(&connector, e);
+            let mut stmt = conn.prepare(&sql).map_err(err)?;
+            let columns = stmt.column_count();
+            let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter())).map_err(err)?;
+            while let Some(row) = rows.next().map_err(err)? {
+                if !out.emit(decode(row, columns, raw_text).map_err(err)?) {
+                    break;
+                }
+            }
+            Ok(())
+        })
     }
 
-    fn scalar_i64<'a>(
-        &'a self,
-        q: &'a SelectQuery,
-    ) -> BoxFuture<'a, Result<Option<i64>, SourceError>> {
+    fn scalar_i64<'a>(&'a self, q: &'a SelectQuery) -> BoxFuture<'a, Result<Option<i64>, SourceError>> {
+        let conn = self.connect();
+        let connector = self.connector.clone();
+        let sql = q.sql.clone();
+        let binds: Vec<SqlValue> = q.binds.iter().map(bind_value).collect();
         Box::pin(async move {
-            let row = build(q)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(|e| self.query_error(e))?;
-            match row {
-                None => Ok(None),
-                Some(r) => r
-                    .try_get::<Option<i64>, _>(0)
-                    .map_err(|e| self.query_error(e)),
-            }
+            let conn = conn?;
+            let joined = tokio::task::spawn_blocking(move || {
+                conn.query_row(&sql, rusqlite::params_from_iter(binds.iter()), |r| r.get::<_, Option<i64>>(0))
+                    .map_err(|e| query_error(&connector, e))
+            })
+            .await;
+            joined.map_err(|e| SourceError::Query { connector: String::new(), message: e.to_string(), retryable: false })?
         })
     }
 }
