@@ -195,34 +195,49 @@ async fn run(config: &Path, once: bool, interval: &str) -> Result<ExitCode> {
         .map_err(anyhow::Error::msg)
         .context("--interval")?;
     let agent = Agent::open(load(config)?).await?;
+    let stop = agent.stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(
+            "stop requested: finishing the current chunk, then delivering what is spooled"
+        );
+        stop.request();
+    });
     loop {
-        let summary = pipeline::run_once(&agent).await?;
-        for p in &summary.passes {
-            tracing::info!(connector = %p.connector, records = p.records, rejects = p.rejects, "pass done");
-        }
-        if once {
-            for (c, e) in &summary.failures {
-                eprintln!("error: connector {c}: {e}");
+        match pipeline::run_once(&agent).await {
+            Ok(summary) => {
+                for (c, e) in &summary.failures {
+                    if once {
+                        eprintln!("error: connector {c}: {e}");
+                    }
+                }
+                if once {
+                    println!(
+                        "{} connector(s) run, {} record(s) delivered in {} batch(es), {} failure(s)",
+                        summary.passes.len(),
+                        summary.delivered.records,
+                        summary.delivered.batches,
+                        summary.failures.len()
+                    );
+                    return Ok(if summary.failures.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    });
+                }
             }
-            println!(
-                "{} connector(s) run, {} record(s) delivered in {} batch(es), {} failure(s)",
-                summary.passes.len(),
-                summary.delivered.records,
-                summary.delivered.batches,
-                summary.failures.len()
-            );
-            return Ok(if summary.failures.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            });
+            // The spool keeps everything not yet delivered; the next round retries.
+            Err(e) if !once => {
+                tracing::error!(error = %e, retryable = e.is_retryable(), "run failed; retrying next round")
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if agent.stop.is_requested() {
+            return Ok(ExitCode::SUCCESS);
         }
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = shutdown_signal() => {
-                tracing::info!("shutting down");
-                return Ok(ExitCode::SUCCESS);
-            }
+            _ = agent.stop.wait() => return Ok(ExitCode::SUCCESS),
         }
     }
 }
@@ -467,7 +482,7 @@ async fn preview(config: &Path, connector: &str, limit: usize) -> Result<ExitCod
 }
 
 async fn status(config: &Path, json: bool) -> Result<ExitCode> {
-    let config = load(config)?;
+    let config = AgentConfig::load_for_inspection(config)?;
     let spool = Spool::open_reader(&config.state_dir).await?;
     let stats = spool.stats().await?;
     let states = spool.connector_states().await?;
@@ -503,7 +518,7 @@ async fn status(config: &Path, json: bool) -> Result<ExitCode> {
 }
 
 async fn rejects(config: &Path, action: RejectsCommand) -> Result<ExitCode> {
-    let config = load(config)?;
+    let config = AgentConfig::load_for_inspection(config)?;
     let spool = Spool::open_reader(&config.state_dir).await?;
     match action {
         RejectsCommand::List {

@@ -66,6 +66,38 @@ pub struct Agent {
     pub spool: Spool,
     pub sink: Arc<dyn Sink>,
     pub key: SigningKey,
+    pub stop: Arc<Stop>,
+}
+
+/// A graceful-stop request: passes stop reading at the next chunk, commit what they have
+/// read, deliver what is spooled and return.
+#[derive(Default)]
+pub struct Stop {
+    requested: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    pub fn request(&self) {
+        self.requested
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until a stop is requested.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_requested() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Agent {
@@ -78,6 +110,7 @@ impl Agent {
             spool,
             sink,
             key,
+            stop: Arc::new(Stop::default()),
         })
     }
 
@@ -122,10 +155,18 @@ pub struct RunSummary {
 pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
     let notify = Arc::new(Notify::new());
     let (done_tx, done_rx) = watch::channel(false);
-    let delivery = tokio::spawn(deliver_until_done(agent.spool.clone(), agent.sink.clone(), notify.clone(), done_rx));
+    let delivery = tokio::spawn(deliver_until_done(
+        agent.spool.clone(),
+        agent.sink.clone(),
+        notify.clone(),
+        done_rx,
+    ));
     let extraction = async {
         let mut summary = RunSummary::default();
         for c in agent.config.connectors.iter().filter(|c| c.enabled) {
+            if agent.stop.is_requested() {
+                break;
+            }
             match run_pass(agent, c, &notify).await {
                 Ok(s) => summary.passes.push(s),
                 Err(e) => {
@@ -138,7 +179,10 @@ pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
         summary
     };
     let (mut summary, delivered) = tokio::join!(extraction, delivery);
-    summary.delivered = delivered.map_err(|e| SinkError::Io { sink: agent.sink.describe(), message: format!("delivery task failed: {e}") })??;
+    summary.delivered = delivered.map_err(|e| SinkError::Io {
+        sink: agent.sink.describe(),
+        message: format!("delivery task failed: {e}"),
+    })??;
     agent.spool.prune(agent.config.spool.retention).await?;
     Ok(summary)
 }
@@ -239,7 +283,11 @@ pub async fn run_pass(
     };
     // The writer runs as its own task so that building, compressing and committing batches
     // overlaps with reading and mapping rows on the other core.
-    let write = async { tokio::spawn(writer.run(rx)).await.map_err(|_| PassError::WriterGone(c.name.clone()))? };
+    let write = async {
+        tokio::spawn(writer.run(rx))
+            .await
+            .map_err(|_| PassError::WriterGone(c.name.clone()))?
+    };
     let read = async {
         let mut rows_read = 0u64;
         if scan {
@@ -273,7 +321,7 @@ pub async fn run_pass(
                             cursor: None,
                         },
                     );
-                    if tx.send(full).await.is_err() {
+                    if tx.send(full).await.is_err() || agent.stop.is_requested() {
                         break;
                     }
                 }

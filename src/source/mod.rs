@@ -144,24 +144,33 @@ where
     let chunk = chunk.max(1);
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
-        let mut emitter = Emitter { tx, buf: Vec::with_capacity(chunk), chunk };
+        let mut emitter = Emitter {
+            tx,
+            buf: Vec::with_capacity(chunk),
+            chunk,
+        };
         let result = produce(&mut emitter);
         emitter.finish(result);
     });
-    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
-        .flat_map(|item| match item {
-            Ok(rows) => futures_util::stream::iter(rows.into_iter().map(Ok)).left_stream(),
-            Err(e) => futures_util::stream::once(std::future::ready(Err(e))).right_stream(),
-        })
-        .boxed()
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .flat_map(|item| match item {
+        Ok(rows) => futures_util::stream::iter(rows.into_iter().map(Ok)).left_stream(),
+        Err(e) => futures_util::stream::once(std::future::ready(Err(e))).right_stream(),
+    })
+    .boxed()
 }
 
 /// Opens the driver named by the connector's `[source]`.
 pub async fn open(connector: &ConnectorConfig) -> Result<Box<dyn SourceDriver>, SourceError> {
     let raw_text = connector.extract.encoding != encoding_rs::UTF_8;
     match &connector.source {
-        SourceConfig::Sqlite { path } => Ok(Box::new(
-            sqlite::SqliteSource::open(&connector.name, path, raw_text, connector.extract.fetch_size)?,
-        )),
+        SourceConfig::Sqlite { path } => Ok(Box::new(sqlite::SqliteSource::open(
+            &connector.name,
+            path,
+            raw_text,
+            connector.extract.fetch_size,
+        )?)),
     }
 }

@@ -39,12 +39,25 @@ pub struct SqliteSource {
 
 impl SqliteSource {
     /// Checks that the database exists and opens read-only.
-    pub fn open(connector: &str, path: &Path, raw_text: bool, fetch_size: usize) -> Result<SqliteSource, SourceError> {
-        let source = SqliteSource { connector: connector.to_string(), path: path.to_path_buf(), raw_text, fetch_size };
+    pub fn open(
+        connector: &str,
+        path: &Path,
+        raw_text: bool,
+        fetch_size: usize,
+    ) -> Result<SqliteSource, SourceError> {
+        let source = SqliteSource {
+            connector: connector.to_string(),
+            path: path.to_path_buf(),
+            raw_text,
+            fetch_size,
+        };
         if !path.is_file() {
             return Err(SourceError::Connect {
                 connector: connector.to_string(),
-                message: format!("SQLite database {} does not exist; check [source] path", path.display()),
+                message: format!(
+                    "SQLite database {} does not exist; check [source] path",
+                    path.display()
+                ),
                 retryable: false,
             });
         }
@@ -53,13 +66,17 @@ impl SqliteSource {
     }
 
     fn connect(&self) -> Result<Connection, SourceError> {
-        let conn = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-            .map_err(|e| SourceError::Connect {
-                connector: self.connector.clone(),
-                message: format!("{}: {e}", self.path.display()),
-                retryable: false,
-            })?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(|e| query_error(&self.connector, e))?;
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| SourceError::Connect {
+            connector: self.connector.clone(),
+            message: format!("{}: {e}", self.path.display()),
+            retryable: false,
+        })?;
+        conn.busy_timeout(Duration::from_secs(30))
+            .map_err(|e| query_error(&self.connector, e))?;
         Ok(conn)
     }
 }
@@ -69,7 +86,11 @@ fn query_error(connector: &str, e: rusqlite::Error) -> SourceError {
         e.sqlite_error_code(),
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
     );
-    SourceError::Query { connector: connector.to_string(), message: e.to_string(), retryable }
+    SourceError::Query {
+        connector: connector.to_string(),
+        message: e.to_string(),
+        retryable,
+    }
 }
 
 fn bind_value(v: &Value) -> SqlValue {
@@ -121,7 +142,9 @@ impl SourceDriver for SqliteSource {
             let err = |e| query_error(&connector, e);
             let mut stmt = conn.prepare(&sql).map_err(err)?;
             let columns = stmt.column_count();
-            let mut rows = stmt.query(rusqlite::params_from_iter(binds.iter())).map_err(err)?;
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(binds.iter()))
+                .map_err(err)?;
             while let Some(row) = rows.next().map_err(err)? {
                 if !out.emit(decode(row, columns, raw_text).map_err(err)?) {
                     break;
@@ -131,7 +154,10 @@ impl SourceDriver for SqliteSource {
         })
     }
 
-    fn scalar_i64<'a>(&'a self, q: &'a SelectQuery) -> BoxFuture<'a, Result<Option<i64>, SourceError>> {
+    fn scalar_i64<'a>(
+        &'a self,
+        q: &'a SelectQuery,
+    ) -> BoxFuture<'a, Result<Option<i64>, SourceError>> {
         let conn = self.connect();
         let connector = self.connector.clone();
         let sql = q.sql.clone();
@@ -139,11 +165,17 @@ impl SourceDriver for SqliteSource {
         Box::pin(async move {
             let conn = conn?;
             let joined = tokio::task::spawn_blocking(move || {
-                conn.query_row(&sql, rusqlite::params_from_iter(binds.iter()), |r| r.get::<_, Option<i64>>(0))
-                    .map_err(|e| query_error(&connector, e))
+                conn.query_row(&sql, rusqlite::params_from_iter(binds.iter()), |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .map_err(|e| query_error(&connector, e))
             })
             .await;
-            joined.map_err(|e| SourceError::Query { connector: String::new(), message: e.to_string(), retryable: false })?
+            joined.map_err(|e| SourceError::Query {
+                connector: String::new(),
+                message: e.to_string(),
+                retryable: false,
+            })?
         })
     }
 }
