@@ -290,6 +290,9 @@ pub async fn run_pass(
     };
     let read = async {
         let mut rows_read = 0u64;
+        // Whether the source was read to its end: only then may a snapshot turn the keys it
+        // did not see into deletes.
+        let mut complete = true;
         if scan {
             let driver = source::open(c).await?;
             let query = build_query(driver.dialect(), c, &layout, &start, None);
@@ -322,6 +325,7 @@ pub async fn run_pass(
                         },
                     );
                     if tx.send(full).await.is_err() || agent.stop.is_requested() {
+                        complete = false;
                         break;
                     }
                 }
@@ -332,11 +336,16 @@ pub async fn run_pass(
             }
         }
         drop(tx);
-        Ok::<u64, PassError>(rows_read)
+        Ok::<(u64, bool), PassError>((rows_read, complete))
     };
     let (read, written) = tokio::join!(read, write);
-    let mut stats = written?;
-    stats.rows_read = read?;
+    let mut writer = written?;
+    let (rows_read, complete) = read?;
+    if matches!(c.extract.mode, CursorMode::Snapshot) && complete {
+        writer.finish_snapshot().await?;
+    }
+    let mut stats = writer.stats;
+    stats.rows_read = rows_read;
     stats.seconds = started.elapsed().as_secs_f64();
     tracing::info!(
         connector = %c.name, rows_read = stats.rows_read, records = stats.records, deletes = stats.deletes,
@@ -389,16 +398,13 @@ struct Writer {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Chunk>) -> Result<PassStats, PassError> {
-        let mut scanned = false;
+    /// Commits every chunk the reader sends; returns itself for the snapshot's delete
+    /// phase, which only the reader can allow (it knows whether the scan completed).
+    async fn run(mut self, mut rx: mpsc::Receiver<Chunk>) -> Result<Writer, PassError> {
         while let Some(chunk) = rx.recv().await {
-            scanned = true;
             self.write_chunk(chunk).await?;
         }
-        if let CursorMode::Snapshot = self.mode {
-            self.finish_snapshot(scanned).await?;
-        }
-        Ok(self.stats)
+        Ok(self)
     }
 
     fn now(&self) -> DateTime<FixedOffset> {
@@ -484,7 +490,7 @@ impl Writer {
     }
 
     /// After a complete scan: every key the scan did not see is emitted as a delete.
-    async fn finish_snapshot(&mut self, _scanned: bool) -> Result<(), PassError> {
+    async fn finish_snapshot(&mut self) -> Result<(), PassError> {
         let connector = self.builder.connector.clone();
         let deletes_cursor = CursorState::Snapshot {
             generation: self.generation,
