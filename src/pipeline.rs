@@ -221,6 +221,8 @@ async fn deliver_until_done(
 /// A chunk of mapped rows handed from the reader to the writer.
 struct Chunk {
     mapped: Vec<Mapped>,
+    /// Timestamp mode: each mapped row's timestamp, parallel to `mapped`.
+    row_ts: Vec<Option<CursorValue>>,
     rejects: Vec<Rejected>,
     /// The cursor after the chunk's last row.
     cursor: Option<CursorState>,
@@ -273,6 +275,10 @@ pub async fn run_pass(
         chain: state.chain,
         mode: c.extract.mode.clone(),
         generation,
+        resumed_at: match &state.cursor {
+            Some(CursorState::Timestamp { ts, .. }) => Some(ts.clone()),
+            _ => None,
+        },
         batch_size: agent.config.spool.batch_size,
         committed: committed.clone(),
         time_zone: agent.config.time_zone,
@@ -293,6 +299,7 @@ pub async fn run_pass(
         // Whether the source was read to its end: only then may a snapshot turn the keys it
         // did not see into deletes.
         let mut complete = true;
+        let timestamp_mode = matches!(c.extract.mode, CursorMode::Timestamp { .. });
         if scan {
             let driver = source::open(c).await?;
             let query = build_query(driver.dialect(), c, &layout, &start, None);
@@ -300,6 +307,7 @@ pub async fn run_pass(
             let mut rows = driver.rows(&query);
             let mut chunk = Chunk {
                 mapped: Vec::new(),
+                row_ts: Vec::new(),
                 rejects: Vec::new(),
                 cursor: None,
             };
@@ -311,7 +319,17 @@ pub async fn run_pass(
                     last_cursor = Some(cur);
                 }
                 match mapper.map(&row) {
-                    Ok(m) => chunk.mapped.push(m),
+                    Ok(m) => {
+                        chunk.mapped.push(m);
+                        if timestamp_mode {
+                            chunk.row_ts.push(
+                                layout
+                                    .cursor
+                                    .and_then(|i| row.get(i))
+                                    .and_then(CursorValue::from_value),
+                            );
+                        }
+                    }
                     Err(r) => chunk.rejects.push(r),
                 }
                 if chunk.mapped.len() + chunk.rejects.len() >= agent.config.spool.batch_size {
@@ -320,6 +338,7 @@ pub async fn run_pass(
                         &mut chunk,
                         Chunk {
                             mapped: Vec::new(),
+                            row_ts: Vec::new(),
                             rejects: Vec::new(),
                             cursor: None,
                         },
@@ -385,12 +404,23 @@ fn cursor_after(
     }
 }
 
+/// Which content hashes of a chunk go into the spool.
+enum HashStore {
+    All,
+    None,
+    /// Rows whose timestamp is at or after this one.
+    From(CursorValue),
+}
+
 struct Writer {
     spool: Spool,
     builder: BatchBuilder,
     chain: Chain,
     mode: CursorMode,
     generation: i64,
+    /// Timestamp mode: the cursor timestamp the pass started from (rows at or before it are
+    /// being re-read and must be compared with their stored hash).
+    resumed_at: Option<CursorValue>,
     batch_size: usize,
     committed: Arc<Notify>,
     time_zone: chrono_tz::Tz,
@@ -413,8 +443,8 @@ impl Writer {
 
     async fn write_chunk(&mut self, chunk: Chunk) -> Result<(), PassError> {
         let connector = self.builder.connector.clone();
-        let tracks_hashes = !matches!(self.mode, CursorMode::Incrementing { .. });
-        let stored: HashMap<String, String> = if tracks_hashes {
+        let (lookup, store_from) = self.hash_policy(&chunk);
+        let stored: HashMap<String, String> = if lookup {
             let keys: Vec<&str> = chunk.mapped.iter().map(|m| m.source_key.as_str()).collect();
             self.spool.row_hashes(&connector, &keys).await?
         } else {
@@ -426,7 +456,7 @@ impl Writer {
             ..Default::default()
         };
         let mut lines_src: Vec<(&Mapped, String)> = Vec::with_capacity(chunk.mapped.len());
-        for m in &chunk.mapped {
+        for (i, m) in chunk.mapped.iter().enumerate() {
             let hash_hex = hex::encode(m.content_hash);
             if stored.get(&m.source_key) == Some(&hash_hex) {
                 self.stats.unchanged += 1;
@@ -435,7 +465,15 @@ impl Writer {
                 }
                 continue;
             }
-            if tracks_hashes {
+            let store = match &store_from {
+                HashStore::All => true,
+                HashStore::None => false,
+                HashStore::From(from) => match chunk.row_ts.get(i).and_then(|t| t.as_ref()) {
+                    Some(ts) => ts.compare(from).is_none_or(|o| o.is_ge()),
+                    None => true,
+                },
+            };
+            if store {
                 unit.row_hashes
                     .push((m.source_key.clone(), hash_hex.clone()));
             }
@@ -457,6 +495,37 @@ impl Writer {
             })
             .collect();
         self.commit(unit, &lines).await
+    }
+
+    /// Which rows of a chunk are compared with stored hashes and which hashes are stored.
+    ///
+    /// Snapshot: all of them (the diff needs every key). Incrementing: none (a row is read
+    /// once). Timestamp: only the lag window matters — a row is read again only while its
+    /// timestamp is within `lag` of the cursor, and the cursor never moves back — so a chunk
+    /// is compared only where it starts at or before the pass's starting cursor, and only
+    /// rows within `lag` of the chunk's last timestamp are stored. A backfill of millions of
+    /// rows thus costs no per-row spool writes.
+    fn hash_policy(&self, chunk: &Chunk) -> (bool, HashStore) {
+        match &self.mode {
+            CursorMode::Snapshot => (true, HashStore::All),
+            CursorMode::Incrementing { .. } => (false, HashStore::None),
+            CursorMode::Timestamp { lag, .. } => {
+                let first = chunk.row_ts.iter().flatten().next();
+                let last = chunk.row_ts.iter().flatten().next_back();
+                let lookup = match (first, &self.resumed_at) {
+                    (Some(first), Some(resumed)) => {
+                        first.compare(resumed).is_none_or(|o| o.is_le())
+                    }
+                    (None, Some(_)) => true,
+                    (_, None) => false,
+                };
+                let store = match last {
+                    Some(last) => HashStore::From(last.minus(*lag)),
+                    None => HashStore::All,
+                };
+                (lookup, store)
+            }
+        }
     }
 
     async fn commit(

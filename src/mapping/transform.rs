@@ -104,7 +104,8 @@ pub fn apply_after(t: Transform, w: Wire, hmac_key: Option<&Secret>) -> Option<W
 }
 
 /// Keeps the first 6 and last 4 characters of long values (the area code and tail of an ID
-/// number or account), the first and last of short ones, and stars the rest.
+/// number or account), the first and last of short ones, and stars the rest (all of a value
+/// of one or two characters).
 pub fn mask(s: &str) -> String {
     let chars: Vec<char> = s.chars().collect();
     let (head, tail) = if chars.len() > 10 {
@@ -199,7 +200,7 @@ mod tests {
     fn mask_keeps_head_and_tail() {
         assert_eq!(mask("43012419900101123X"), "430124********123X");
         assert_eq!(mask("张三丰"), "张*丰");
-        assert_eq!(mask("ab"), "ab");
+        assert_eq!(mask("ab"), "**");
     }
 
     #[test]

@@ -522,6 +522,17 @@ fn parse_date_text(s: &str, ctx: &RuleContext) -> Result<NaiveDate, RuleError> {
             ),
         )
     };
+    // The common case first, without trying every timestamp layout (this runs per row).
+    let b = s.as_bytes();
+    if b.len() == 10 && b[4] == b'-' && b[7] == b'-' {
+        return ymd_date(&s[..4], &s[5..7], &s[8..]).map_err(|e| {
+            if e.rule == "date.format" {
+                format_error()
+            } else {
+                e
+            }
+        });
+    }
     // Timestamps with an offset: RFC 3339 (also with a space for the T), and the variants
     // databases print (`+0800`, or a space before the offset).
     let with_offset = DateTime::parse_from_rfc3339(s).ok().or_else(|| {

@@ -103,6 +103,27 @@ impl CursorValue {
         }
     }
 
+    /// Orders two values of the same kind as the database would; `None` when they are of
+    /// different kinds (callers then take the safe side).
+    pub fn compare(&self, other: &CursorValue) -> Option<std::cmp::Ordering> {
+        use CursorValue as C;
+        match (self, other) {
+            (C::Int(a), C::Int(b)) => Some(a.cmp(b)),
+            (C::Text(a), C::Text(b)) => Some(a.cmp(b)),
+            (C::Date(a), C::Date(b)) => Some(a.cmp(b)),
+            (C::DateTime(a), C::DateTime(b)) => Some(a.cmp(b)),
+            (C::DateTimeTz(a), C::DateTimeTz(b)) => Some(a.cmp(b)),
+            (C::Decimal(a), C::Decimal(b)) => {
+                let (a, b) = (
+                    a.parse::<rust_decimal::Decimal>().ok()?,
+                    b.parse::<rust_decimal::Decimal>().ok()?,
+                );
+                Some(a.cmp(&b))
+            }
+            _ => None,
+        }
+    }
+
     /// Short human form, for status and progress lines.
     pub fn display(&self) -> String {
         match self {

@@ -29,7 +29,6 @@ const FORBIDDEN: &[&str] = &[
     "DELETE",
     "MERGE",
     "UPSERT",
-    "REPLACE",
     "CREATE",
     "ALTER",
     "DROP",
