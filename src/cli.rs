@@ -416,13 +416,21 @@ async fn check(config: &Path) -> Result<ExitCode> {
     for c in &config.connectors {
         let state = if c.enabled { "" } else { " (disabled)" };
         match pipeline::check_connector(c).await {
-            Ok(t) => println!(
-                "connector {}{state}: OK ({} {}, query ran in {} ms)",
-                c.name,
-                c.source.driver_name(),
-                c.record_type,
-                t.as_millis()
-            ),
+            Ok(t) => {
+                println!(
+                    "connector {}{state}: OK ({} {}, query ran in {} ms)",
+                    c.name,
+                    c.source.driver_name(),
+                    c.record_type,
+                    t.elapsed.as_millis()
+                );
+                if t.can_write == Some(true) {
+                    println!(
+                        "  warning: the account of connector {} can write to the source; fepd only reads — give it a read-only account (GRANT SELECT only)",
+                        c.name
+                    );
+                }
+            }
             Err(e) => {
                 failed = true;
                 println!("connector {}{state}: FAILED: {e}", c.name);

@@ -167,7 +167,11 @@ pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
             if agent.stop.is_requested() {
                 break;
             }
-            match run_pass(agent, c, &notify).await {
+            if !in_window(c) {
+                tracing::info!(connector = %c.name, "outside its window; skipped");
+                continue;
+            }
+            match run_pass_retrying(agent, c, &notify, None).await {
                 Ok(s) => summary.passes.push(s),
                 Err(e) => {
                     tracing::error!(connector = %c.name, error = %e, retryable = e.is_retryable(), "pass failed");
@@ -185,6 +189,36 @@ pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
     })??;
     agent.spool.prune(agent.config.spool.retention).await?;
     Ok(summary)
+}
+
+/// Attempts of a pass that fails with a retryable error (database restarting, network
+/// cut), with exponential backoff from 1 s to 30 s plus jitter: about three minutes.
+const PASS_ATTEMPTS: u32 = 9;
+
+/// Runs a pass, and after a retryable failure runs it again from the last committed cursor
+/// (everything committed stays committed; nothing is read twice into the spool).
+pub async fn run_pass_retrying(
+    agent: &Agent,
+    c: &ConnectorConfig,
+    committed: &Arc<Notify>,
+    progress: Progress<'_>,
+) -> Result<PassStats, PassError> {
+    let mut attempt = 1;
+    loop {
+        match run_pass_with_progress(agent, c, committed, progress).await {
+            Err(e) if e.is_retryable() && attempt < PASS_ATTEMPTS && !agent.stop.is_requested() => {
+                let base = Duration::from_secs(1u64 << (attempt - 1).min(5)).min(Duration::from_secs(30));
+                let jitter = Duration::from_millis(u64::from(Utc::now().timestamp_subsec_millis()) % 500);
+                tracing::warn!(connector = %c.name, error = %e, attempt, retry_in = ?(base + jitter), "pass failed; retrying from the last committed cursor");
+                tokio::select! {
+                    _ = tokio::time::sleep(base + jitter) => {}
+                    _ = agent.stop.wait() => return Err(e),
+                }
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn deliver_until_done(
@@ -228,11 +262,32 @@ struct Chunk {
     cursor: Option<CursorState>,
 }
 
+/// Whether the connector may read now (its `window`, in the source's time zone).
+pub fn in_window(c: &ConnectorConfig) -> bool {
+    match &c.extract.window {
+        None => true,
+        Some(w) => w.contains(Utc::now().with_timezone(&c.extract.time_zone).time()),
+    }
+}
+
 /// Runs one pass of one connector; `committed` is notified after each spool commit.
 pub async fn run_pass(
     agent: &Agent,
     c: &ConnectorConfig,
     committed: &Arc<Notify>,
+) -> Result<PassStats, PassError> {
+    run_pass_with_progress(agent, c, committed, None).await
+}
+
+/// Called with the rows read so far, after each chunk.
+pub type Progress<'a> = Option<&'a (dyn Fn(u64) + Send + Sync)>;
+
+/// [`run_pass`] reporting progress (for `fepd backfill`).
+pub async fn run_pass_with_progress(
+    agent: &Agent,
+    c: &ConnectorConfig,
+    committed: &Arc<Notify>,
+    progress: Progress<'_>,
 ) -> Result<PassStats, PassError> {
     let started = Instant::now();
     let state = agent.spool.state(&c.name).await?;
@@ -343,9 +398,20 @@ pub async fn run_pass(
                             cursor: None,
                         },
                     );
-                    if tx.send(full).await.is_err() || agent.stop.is_requested() {
+                    if tx.send(full).await.is_err() || agent.stop.is_requested() || !in_window(c) {
                         complete = false;
                         break;
+                    }
+                    if let Some(p) = progress {
+                        p(rows_read);
+                    }
+                    if let Some(rate) = c.extract.max_rows_per_second {
+                        // Source protection: never read faster than the configured rate.
+                        let due = Duration::from_secs_f64(rows_read as f64 / rate as f64);
+                        let elapsed = started.elapsed();
+                        if due > elapsed {
+                            tokio::time::sleep(due - elapsed).await;
+                        }
                     }
                 }
             }
@@ -642,15 +708,42 @@ pub async fn preview(
     Ok(out)
 }
 
+/// What `fepd check` found out about a connector's source.
+#[derive(Debug)]
+pub struct SourceCheck {
+    /// Time to open the source and read one row through the real query.
+    pub elapsed: Duration,
+    /// Whether the account could write to the table (`None`: cannot tell).
+    pub can_write: Option<bool>,
+}
+
 /// Opens a connector's source and reads one row through the real query: for `fepd check`.
-pub async fn check_connector(c: &ConnectorConfig) -> Result<Duration, SourceError> {
+pub async fn check_connector(c: &ConnectorConfig) -> Result<SourceCheck, SourceError> {
     let started = Instant::now();
     let layout = Layout::for_connector(c);
     let driver = source::open(c).await?;
     let query = build_query(driver.dialect(), c, &layout, &Start::Beginning, Some(1));
-    let mut rows = driver.rows(&query);
-    if let Some(r) = rows.next().await {
-        r?;
+    {
+        let mut rows = driver.rows(&query);
+        if let Some(r) = rows.next().await {
+            r?;
+        }
     }
-    Ok(started.elapsed())
+    let elapsed = started.elapsed();
+    let can_write = match &c.extract.relation {
+        crate::config::Relation::Table(t) => driver.can_write(t).await.unwrap_or(None),
+        crate::config::Relation::Query(_) => None,
+    };
+    Ok(SourceCheck { elapsed, can_write })
+}
+
+/// How many rows the next pass of a connector will read (for `fepd backfill` progress).
+pub async fn estimate_rows(agent: &Agent, c: &ConnectorConfig) -> Result<Option<i64>, PassError> {
+    let state = agent.spool.state(&c.name).await?;
+    let layout = Layout::for_connector(c);
+    let driver = source::open(c).await?;
+    let start = start_of_pass(c, state.cursor.as_ref());
+    let query = build_query(driver.dialect(), c, &layout, &start, None);
+    let count = crate::source::SelectQuery { sql: format!("SELECT COUNT(*) FROM ({}) fepd_count", query.sql), binds: query.binds };
+    Ok(driver.scalar_i64(&count).await?)
 }

@@ -160,14 +160,55 @@ pub struct ConnectorConfig {
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     Sqlite { path: PathBuf },
+    Postgres(NetSource),
+    Mysql(NetSource),
 }
 
 impl SourceConfig {
     pub fn driver_name(&self) -> &'static str {
         match self {
             SourceConfig::Sqlite { .. } => "sqlite",
+            SourceConfig::Postgres(_) => "postgres",
+            SourceConfig::Mysql(_) => "mysql",
         }
     }
+}
+
+/// A database server reached over the network (PostgreSQL and its derivatives, MySQL,
+/// MariaDB).
+#[derive(Debug, Clone)]
+pub struct NetSource {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// `None` when the server needs none (or when loaded for inspection).
+    pub password: Option<Secret>,
+    pub tls: TlsMode,
+    /// CA bundle to verify the server certificate (the extranet has its own CA).
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+impl NetSource {
+    /// `host:port/database`, safe to print.
+    pub fn describe(&self) -> String {
+        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+    }
+}
+
+/// TLS to the source database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS if the server offers it, without verifying it.
+    Prefer,
+    /// TLS required; the certificate is verified against `ca_file` (or the system roots)
+    /// when `ca_file` is set.
+    Require,
+    /// TLS required, certificate and host name verified.
+    VerifyFull,
 }
 
 /// What a SQL connector reads: a table or a read-only query.
@@ -211,6 +252,41 @@ pub struct ExtractConfig {
     pub time_zone: Tz,
     /// Text encoding of the source's text columns.
     pub encoding: &'static encoding_rs::Encoding,
+    /// Longest a source query may run (`None`: no limit).
+    pub query_timeout: Option<Duration>,
+    /// Reading is throttled to this many rows per second (`None`: no limit).
+    pub max_rows_per_second: Option<u64>,
+    /// Passes run only inside this daily window (source time zone).
+    pub window: Option<Window>,
+}
+
+/// A daily time window such as 20:00–07:00 (may cross midnight).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    pub start: chrono::NaiveTime,
+    pub end: chrono::NaiveTime,
+}
+
+impl Window {
+    /// Parses `"HH:MM-HH:MM"`.
+    pub fn parse(text: &str) -> Result<Window, String> {
+        let bad = || format!("`{text}` is not a window; write it as \"20:00-07:00\"");
+        let (a, b) = text.split_once('-').ok_or_else(bad)?;
+        let t = |s: &str| chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M").map_err(|_| bad());
+        let w = Window { start: t(a)?, end: t(b)? };
+        if w.start == w.end {
+            return Err(format!("`{text}`: the window is empty"));
+        }
+        Ok(w)
+    }
+
+    pub fn contains(&self, t: chrono::NaiveTime) -> bool {
+        if self.start < self.end {
+            self.start <= t && t < self.end
+        } else {
+            t >= self.start || t < self.end
+        }
+    }
 }
 
 /// How one unified field is filled.
@@ -316,6 +392,23 @@ fn default_true() -> bool {
 #[serde(tag = "driver", rename_all = "lowercase", deny_unknown_fields)]
 enum SourceFile {
     Sqlite { path: PathBuf },
+    Postgres(NetSourceFile),
+    /// MySQL and MariaDB.
+    #[serde(alias = "mariadb")]
+    Mysql(NetSourceFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetSourceFile {
+    host: String,
+    port: Option<u16>,
+    database: String,
+    user: String,
+    password: Option<SecretRef>,
+    tls: Option<String>,
+    ca_file: Option<PathBuf>,
+    connect_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,6 +431,9 @@ struct ExtractFile {
     fetch_size: Option<usize>,
     time_zone: Option<String>,
     encoding: Option<String>,
+    query_timeout: Option<String>,
+    max_rows_per_second: Option<u64>,
+    window: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -443,7 +539,7 @@ impl AgentConfig {
         match list_toml_files(&connectors_dir) {
             Ok(files) => {
                 for f in files {
-                    match load_connector(&f, file.hmac_key.is_some()) {
+                    match load_connector_with(&f, file.hmac_key.is_some(), resolve_secrets) {
                         Ok(c) => {
                             if let Some(other) = connectors.iter().find(|o| o.name == c.name) {
                                 errors.push(
@@ -548,6 +644,14 @@ pub fn load_connector(
     path: &Path,
     have_hmac_key: bool,
 ) -> Result<ConnectorConfig, Vec<ConfigError>> {
+    load_connector_with(path, have_hmac_key, true)
+}
+
+fn load_connector_with(
+    path: &Path,
+    have_hmac_key: bool,
+    resolve_secrets: bool,
+) -> Result<ConnectorConfig, Vec<ConfigError>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![ConfigError::new(path, "", format!("cannot read: {e}"))])?;
     let file: ConnectorFile = toml::from_str(&text).map_err(|e| vec![toml_error(path, &e)])?;
@@ -571,6 +675,8 @@ pub fn load_connector(
 
     let source = match file.source {
         SourceFile::Sqlite { path: p } => SourceConfig::Sqlite { path: base.join(p) },
+        SourceFile::Postgres(n) => SourceConfig::Postgres(net_source(path, base, n, 5432, resolve_secrets, &mut errors)),
+        SourceFile::Mysql(n) => SourceConfig::Mysql(net_source(path, base, n, 3306, resolve_secrets, &mut errors)),
     };
 
     let extract = parse_extract(path, &file.extract, &mut errors);
@@ -608,6 +714,71 @@ pub fn load_connector(
             code_tables,
         }),
         _ => Err(errors),
+    }
+}
+
+fn net_source(
+    path: &Path,
+    base: &Path,
+    n: NetSourceFile,
+    default_port: u16,
+    resolve_secrets: bool,
+    errors: &mut Vec<ConfigError>,
+) -> NetSource {
+    let password = match &n.password {
+        Some(r) if resolve_secrets => match r.resolve() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errors.push(
+                    ConfigError::new(path, "source.password", format!("{} ({})", e, r.describe()))
+                        .hint("passwords come from { env = \"VAR\" }, { file = \"/path\" } or { credential = \"name\" } (systemd LoadCredential)"),
+                );
+                None
+            }
+        },
+        _ => None,
+    };
+    let tls = match n.tls.as_deref() {
+        None | Some("prefer") => TlsMode::Prefer,
+        Some("disable") => TlsMode::Disable,
+        Some("require") => TlsMode::Require,
+        Some("verify-full") => TlsMode::VerifyFull,
+        Some(other) => {
+            errors.push(ConfigError::new(path, "source.tls", format!("unknown TLS mode `{other}`")).hint("use \"disable\", \"prefer\", \"require\" or \"verify-full\""));
+            TlsMode::Prefer
+        }
+    };
+    if let Some(ca) = &n.ca_file
+        && !base.join(ca).is_file()
+    {
+        errors.push(ConfigError::new(path, "source.ca_file", format!("{} does not exist", base.join(ca).display())));
+    }
+    if tls == TlsMode::VerifyFull && n.ca_file.is_none() {
+        // The system roots will be used; fine, but worth knowing on an extranet.
+        tracing::debug!(file = %path.display(), "tls = verify-full without ca_file: using the system roots");
+    }
+    let connect_timeout = match n.connect_timeout.as_deref().map(parse_duration) {
+        None => Duration::from_secs(10),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            errors.push(ConfigError::new(path, "source.connect_timeout", e));
+            Duration::from_secs(10)
+        }
+    };
+    for (key, v) in [("source.host", &n.host), ("source.database", &n.database), ("source.user", &n.user)] {
+        if v.trim().is_empty() || v.chars().any(|c| c.is_control()) {
+            errors.push(ConfigError::new(path, key, "must not be empty"));
+        }
+    }
+    NetSource {
+        host: n.host,
+        port: n.port.unwrap_or(default_port),
+        database: n.database,
+        user: n.user,
+        password,
+        tls,
+        ca_file: n.ca_file.map(|c| base.join(c)),
+        connect_timeout,
     }
 }
 
@@ -757,6 +928,30 @@ fn parse_extract(
             }
         },
     };
+    let query_timeout = match x.query_timeout.as_deref().map(parse_duration) {
+        None => None,
+        Some(Ok(d)) if d.is_zero() => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => {
+            errors.push(ConfigError::new(path, "extract.query_timeout", e));
+            None
+        }
+    };
+    let max_rows_per_second = match x.max_rows_per_second {
+        Some(0) => {
+            errors.push(ConfigError::new(path, "extract.max_rows_per_second", "0 would never read; leave it out for no limit"));
+            None
+        }
+        other => other,
+    };
+    let window = match x.window.as_deref().map(Window::parse) {
+        None => None,
+        Some(Ok(w)) => Some(w),
+        Some(Err(e)) => {
+            errors.push(ConfigError::new(path, "extract.window", e));
+            None
+        }
+    };
     if errors.len() > before {
         return None;
     }
@@ -768,6 +963,9 @@ fn parse_extract(
         fetch_size,
         time_zone,
         encoding,
+        query_timeout,
+        max_rows_per_second,
+        window,
     })
 }
 

@@ -7,6 +7,8 @@
 //! [`cursor`], from the connector config. SQL Server and Oracle drivers plug in the same way.
 
 pub mod cursor;
+pub mod mysql;
+pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 
@@ -63,6 +65,12 @@ pub trait SourceDriver: Send + Sync {
         &'a self,
         query: &'a SelectQuery,
     ) -> BoxFuture<'a, Result<Option<i64>, SourceError>>;
+
+    /// Whether the connector's account may write to `table` (`None`: cannot tell). fepd
+    /// only reads; `fepd check` warns when the account could do more.
+    fn can_write<'a>(&'a self, _table: &'a str) -> BoxFuture<'a, Result<Option<bool>, SourceError>> {
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// A source failure, with the connector it happened in.
@@ -166,6 +174,12 @@ where
 pub async fn open(connector: &ConnectorConfig) -> Result<Box<dyn SourceDriver>, SourceError> {
     let raw_text = connector.extract.encoding != encoding_rs::UTF_8;
     match &connector.source {
+        SourceConfig::Postgres(net) => Ok(Box::new(
+            postgres::PostgresSource::open(&connector.name, net, connector.extract.time_zone.name(), connector.extract.query_timeout, raw_text).await?,
+        )),
+        SourceConfig::Mysql(net) => Ok(Box::new(
+            mysql::MysqlSource::open(&connector.name, net, connector.extract.query_timeout, raw_text).await?,
+        )),
         SourceConfig::Sqlite { path } => Ok(Box::new(sqlite::SqliteSource::open(
             &connector.name,
             path,
