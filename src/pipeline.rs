@@ -207,8 +207,10 @@ pub async fn run_pass_retrying(
     loop {
         match run_pass_with_progress(agent, c, committed, progress).await {
             Err(e) if e.is_retryable() && attempt < PASS_ATTEMPTS && !agent.stop.is_requested() => {
-                let base = Duration::from_secs(1u64 << (attempt - 1).min(5)).min(Duration::from_secs(30));
-                let jitter = Duration::from_millis(u64::from(Utc::now().timestamp_subsec_millis()) % 500);
+                let base =
+                    Duration::from_secs(1u64 << (attempt - 1).min(5)).min(Duration::from_secs(30));
+                let jitter =
+                    Duration::from_millis(u64::from(Utc::now().timestamp_subsec_millis()) % 500);
                 tracing::warn!(connector = %c.name, error = %e, attempt, retry_in = ?(base + jitter), "pass failed; retrying from the last committed cursor");
                 tokio::select! {
                     _ = tokio::time::sleep(base + jitter) => {}
@@ -744,6 +746,9 @@ pub async fn estimate_rows(agent: &Agent, c: &ConnectorConfig) -> Result<Option<
     let driver = source::open(c).await?;
     let start = start_of_pass(c, state.cursor.as_ref());
     let query = build_query(driver.dialect(), c, &layout, &start, None);
-    let count = crate::source::SelectQuery { sql: format!("SELECT COUNT(*) FROM ({}) fepd_count", query.sql), binds: query.binds };
+    let count = crate::source::SelectQuery {
+        sql: format!("SELECT COUNT(*) FROM ({}) fepd_count", query.sql),
+        binds: query.binds,
+    };
     Ok(driver.scalar_i64(&count).await?)
 }

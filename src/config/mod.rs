@@ -193,7 +193,10 @@ pub struct NetSource {
 impl NetSource {
     /// `host:port/database`, safe to print.
     pub fn describe(&self) -> String {
-        format!("{}@{}:{}/{}", self.user, self.host, self.port, self.database)
+        format!(
+            "{}@{}:{}/{}",
+            self.user, self.host, self.port, self.database
+        )
     }
 }
 
@@ -273,7 +276,10 @@ impl Window {
         let bad = || format!("`{text}` is not a window; write it as \"20:00-07:00\"");
         let (a, b) = text.split_once('-').ok_or_else(bad)?;
         let t = |s: &str| chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M").map_err(|_| bad());
-        let w = Window { start: t(a)?, end: t(b)? };
+        let w = Window {
+            start: t(a)?,
+            end: t(b)?,
+        };
         if w.start == w.end {
             return Err(format!("`{text}`: the window is empty"));
         }
@@ -391,7 +397,9 @@ fn default_true() -> bool {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "driver", rename_all = "lowercase", deny_unknown_fields)]
 enum SourceFile {
-    Sqlite { path: PathBuf },
+    Sqlite {
+        path: PathBuf,
+    },
     Postgres(NetSourceFile),
     /// MySQL and MariaDB.
     #[serde(alias = "mariadb")]
@@ -675,8 +683,22 @@ fn load_connector_with(
 
     let source = match file.source {
         SourceFile::Sqlite { path: p } => SourceConfig::Sqlite { path: base.join(p) },
-        SourceFile::Postgres(n) => SourceConfig::Postgres(net_source(path, base, n, 5432, resolve_secrets, &mut errors)),
-        SourceFile::Mysql(n) => SourceConfig::Mysql(net_source(path, base, n, 3306, resolve_secrets, &mut errors)),
+        SourceFile::Postgres(n) => SourceConfig::Postgres(net_source(
+            path,
+            base,
+            n,
+            5432,
+            resolve_secrets,
+            &mut errors,
+        )),
+        SourceFile::Mysql(n) => SourceConfig::Mysql(net_source(
+            path,
+            base,
+            n,
+            3306,
+            resolve_secrets,
+            &mut errors,
+        )),
     };
 
     let extract = parse_extract(path, &file.extract, &mut errors);
@@ -744,14 +766,21 @@ fn net_source(
         Some("require") => TlsMode::Require,
         Some("verify-full") => TlsMode::VerifyFull,
         Some(other) => {
-            errors.push(ConfigError::new(path, "source.tls", format!("unknown TLS mode `{other}`")).hint("use \"disable\", \"prefer\", \"require\" or \"verify-full\""));
+            errors.push(
+                ConfigError::new(path, "source.tls", format!("unknown TLS mode `{other}`"))
+                    .hint("use \"disable\", \"prefer\", \"require\" or \"verify-full\""),
+            );
             TlsMode::Prefer
         }
     };
     if let Some(ca) = &n.ca_file
         && !base.join(ca).is_file()
     {
-        errors.push(ConfigError::new(path, "source.ca_file", format!("{} does not exist", base.join(ca).display())));
+        errors.push(ConfigError::new(
+            path,
+            "source.ca_file",
+            format!("{} does not exist", base.join(ca).display()),
+        ));
     }
     if tls == TlsMode::VerifyFull && n.ca_file.is_none() {
         // The system roots will be used; fine, but worth knowing on an extranet.
@@ -765,7 +794,11 @@ fn net_source(
             Duration::from_secs(10)
         }
     };
-    for (key, v) in [("source.host", &n.host), ("source.database", &n.database), ("source.user", &n.user)] {
+    for (key, v) in [
+        ("source.host", &n.host),
+        ("source.database", &n.database),
+        ("source.user", &n.user),
+    ] {
         if v.trim().is_empty() || v.chars().any(|c| c.is_control()) {
             errors.push(ConfigError::new(path, key, "must not be empty"));
         }
@@ -939,7 +972,11 @@ fn parse_extract(
     };
     let max_rows_per_second = match x.max_rows_per_second {
         Some(0) => {
-            errors.push(ConfigError::new(path, "extract.max_rows_per_second", "0 would never read; leave it out for no limit"));
+            errors.push(ConfigError::new(
+                path,
+                "extract.max_rows_per_second",
+                "0 would never read; leave it out for no limit",
+            ));
             None
         }
         other => other,

@@ -55,7 +55,7 @@ impl CursorValue {
         match self {
             CursorValue::Int(i) => Value::Int(*i),
             CursorValue::Text(s) => Value::Text(s.clone()),
-            CursorValue::Decimal(s) => match s.parse() {
+            CursorValue::Decimal(s) => match rust_decimal::Decimal::from_str_exact(s) {
                 Ok(d) => Value::Decimal(d),
                 Err(_) => Value::Text(s.clone()),
             },
@@ -115,8 +115,8 @@ impl CursorValue {
             (C::DateTimeTz(a), C::DateTimeTz(b)) => Some(a.cmp(b)),
             (C::Decimal(a), C::Decimal(b)) => {
                 let (a, b) = (
-                    a.parse::<rust_decimal::Decimal>().ok()?,
-                    b.parse::<rust_decimal::Decimal>().ok()?,
+                    rust_decimal::Decimal::from_str_exact(a).ok()?,
+                    rust_decimal::Decimal::from_str_exact(b).ok()?,
                 );
                 Some(a.cmp(&b))
             }

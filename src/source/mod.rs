@@ -68,7 +68,10 @@ pub trait SourceDriver: Send + Sync {
 
     /// Whether the connector's account may write to `table` (`None`: cannot tell). fepd
     /// only reads; `fepd check` warns when the account could do more.
-    fn can_write<'a>(&'a self, _table: &'a str) -> BoxFuture<'a, Result<Option<bool>, SourceError>> {
+    fn can_write<'a>(
+        &'a self,
+        _table: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>, SourceError>> {
         Box::pin(async { Ok(None) })
     }
 }
@@ -175,10 +178,23 @@ pub async fn open(connector: &ConnectorConfig) -> Result<Box<dyn SourceDriver>, 
     let raw_text = connector.extract.encoding != encoding_rs::UTF_8;
     match &connector.source {
         SourceConfig::Postgres(net) => Ok(Box::new(
-            postgres::PostgresSource::open(&connector.name, net, connector.extract.time_zone.name(), connector.extract.query_timeout, raw_text).await?,
+            postgres::PostgresSource::open(
+                &connector.name,
+                net,
+                connector.extract.time_zone.name(),
+                connector.extract.query_timeout,
+                raw_text,
+            )
+            .await?,
         )),
         SourceConfig::Mysql(net) => Ok(Box::new(
-            mysql::MysqlSource::open(&connector.name, net, connector.extract.query_timeout, raw_text).await?,
+            mysql::MysqlSource::open(
+                &connector.name,
+                net,
+                connector.extract.query_timeout,
+                raw_text,
+            )
+            .await?,
         )),
         SourceConfig::Sqlite { path } => Ok(Box::new(sqlite::SqliteSource::open(
             &connector.name,

@@ -9,7 +9,9 @@
 
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use sqlx::mysql::{MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow, MySqlSslMode, MySqlValueRef};
+use sqlx::mysql::{
+    MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow, MySqlSslMode, MySqlValueRef,
+};
 use sqlx::{AssertSqlSafe, Column as _, Decode, Row as _, TypeInfo as _, ValueRef as _};
 
 use super::postgres::sqlx_retryable;
@@ -36,7 +38,12 @@ pub struct MysqlSource {
 }
 
 impl MysqlSource {
-    pub async fn open(connector: &str, net: &NetSource, query_timeout: Option<std::time::Duration>, raw_text: bool) -> Result<MysqlSource, SourceError> {
+    pub async fn open(
+        connector: &str,
+        net: &NetSource,
+        query_timeout: Option<std::time::Duration>,
+        raw_text: bool,
+    ) -> Result<MysqlSource, SourceError> {
         let mut options = MySqlConnectOptions::new()
             .host(&net.host)
             .port(net.port)
@@ -80,8 +87,17 @@ impl MysqlSource {
                         // max_execution_time (milliseconds, SELECT only); one of them exists.
                         let ms = t.as_millis();
                         let secs = t.as_secs_f64();
-                        if conn.execute(AssertSqlSafe(format!("SET SESSION max_statement_time = {secs}"))).await.is_err() {
-                            conn.execute(AssertSqlSafe(format!("SET SESSION max_execution_time = {ms}"))).await?;
+                        if conn
+                            .execute(AssertSqlSafe(format!(
+                                "SET SESSION max_statement_time = {secs}"
+                            )))
+                            .await
+                            .is_err()
+                        {
+                            conn.execute(AssertSqlSafe(format!(
+                                "SET SESSION max_execution_time = {ms}"
+                            )))
+                            .await?;
                         }
                     }
                     Ok(())
@@ -94,7 +110,11 @@ impl MysqlSource {
                 message: format!("mysql {}: {e}", net.describe()),
                 retryable: sqlx_retryable(&e) || is_mysql_retryable(&e),
             })?;
-        Ok(MysqlSource { connector: connector.to_string(), pool, raw_text })
+        Ok(MysqlSource {
+            connector: connector.to_string(),
+            pool,
+            raw_text,
+        })
     }
 
     fn query_error(&self, e: sqlx::Error) -> SourceError {
@@ -123,9 +143,16 @@ impl MysqlSource {
 /// MySQL error numbers worth retrying: server gone away or shutting down, lock waits,
 /// deadlocks, too many connections.
 fn is_mysql_retryable(e: &sqlx::Error) -> bool {
-    let Some(d) = e.as_database_error() else { return false };
-    let Some(m) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() else { return false };
-    matches!(m.number(), 1040 | 1053 | 1205 | 1213 | 2006 | 2013 | 1927 | 1152 | 1158 | 1159 | 1160 | 1161)
+    let Some(d) = e.as_database_error() else {
+        return false;
+    };
+    let Some(m) = d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() else {
+        return false;
+    };
+    matches!(
+        m.number(),
+        1040 | 1053 | 1205 | 1213 | 2006 | 2013 | 1927 | 1152 | 1158 | 1159 | 1160 | 1161
+    )
 }
 
 fn dec<'r, T: Decode<'r, MySql>>(v: MySqlValueRef<'r>) -> Result<T, String> {
@@ -138,8 +165,10 @@ fn decode_cell(v: MySqlValueRef<'_>, raw_text: bool) -> Result<Value, String> {
     }
     let type_name = v.type_info().name().to_string();
     Ok(match type_name.as_str() {
-        "BOOLEAN" | "TINYINT" | "SMALLINT" | "INT" | "MEDIUMINT" | "BIGINT" | "YEAR" | "TINYINT UNSIGNED" | "SMALLINT UNSIGNED"
-        | "INT UNSIGNED" | "MEDIUMINT UNSIGNED" => Value::Int(dec(v)?),
+        "BOOLEAN" | "TINYINT" | "SMALLINT" | "INT" | "MEDIUMINT" | "BIGINT" | "YEAR"
+        | "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "INT UNSIGNED" | "MEDIUMINT UNSIGNED" => {
+            Value::Int(dec(v)?)
+        }
         "BIGINT UNSIGNED" => {
             let u: u64 = dec(v)?;
             match i64::try_from(u) {
@@ -151,7 +180,7 @@ fn decode_cell(v: MySqlValueRef<'_>, raw_text: bool) -> Result<Value, String> {
         "DOUBLE" => Value::Float(dec(v)?),
         "DECIMAL" => {
             let text = String::from_utf8(dec::<&[u8]>(v)?.to_vec()).map_err(|e| e.to_string())?;
-            match text.parse::<rust_decimal::Decimal>() {
+            match rust_decimal::Decimal::from_str_exact(&text) {
                 Ok(d) => Value::Decimal(d),
                 Err(_) => Value::Text(text),
             }
@@ -160,7 +189,8 @@ fn decode_cell(v: MySqlValueRef<'_>, raw_text: bool) -> Result<Value, String> {
         "DATETIME" => Value::DateTime(dec(v)?),
         "TIMESTAMP" => Value::DateTimeTz(dec::<chrono::DateTime<chrono::Utc>>(v)?.fixed_offset()),
         "TIME" => Value::Text(dec::<chrono::NaiveTime>(v)?.to_string()),
-        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT" | "GEOMETRY" => {
+        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT"
+        | "GEOMETRY" => {
             // With `SET NAMES binary` every text column arrives flagged binary: raw text.
             Value::Bytes(dec::<&[u8]>(v)?.to_vec())
         }
@@ -209,18 +239,37 @@ impl SourceDriver for MysqlSource {
             .boxed()
     }
 
-    fn can_write<'a>(&'a self, _table: &'a str) -> BoxFuture<'a, Result<Option<bool>, SourceError>> {
+    fn can_write<'a>(
+        &'a self,
+        _table: &'a str,
+    ) -> BoxFuture<'a, Result<Option<bool>, SourceError>> {
         Box::pin(async move {
-            let grants = sqlx::query("SHOW GRANTS FOR CURRENT_USER()").fetch_all(&self.pool).await.map_err(|e| self.query_error(e))?;
+            let grants = sqlx::query("SHOW GRANTS FOR CURRENT_USER()")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.query_error(e))?;
             let mut writes = false;
             for g in grants {
                 let text: String = match g.try_get::<String, _>(0) {
                     Ok(t) => t,
-                    Err(_) => String::from_utf8_lossy(&g.try_get::<Vec<u8>, _>(0).unwrap_or_default()).into_owned(),
+                    Err(_) => {
+                        String::from_utf8_lossy(&g.try_get::<Vec<u8>, _>(0).unwrap_or_default())
+                            .into_owned()
+                    }
                 };
                 let upper = text.to_uppercase();
                 let privileges = upper.split(" ON ").next().unwrap_or_default();
-                if ["ALL PRIVILEGES", "INSERT", "UPDATE", "DELETE", "DROP", "ALTER"].iter().any(|p| privileges.contains(p)) {
+                if [
+                    "ALL PRIVILEGES",
+                    "INSERT",
+                    "UPDATE",
+                    "DELETE",
+                    "DROP",
+                    "ALTER",
+                ]
+                .iter()
+                .any(|p| privileges.contains(p))
+                {
                     writes = true;
                 }
             }
@@ -228,12 +277,20 @@ impl SourceDriver for MysqlSource {
         })
     }
 
-    fn scalar_i64<'a>(&'a self, q: &'a SelectQuery) -> BoxFuture<'a, Result<Option<i64>, SourceError>> {
+    fn scalar_i64<'a>(
+        &'a self,
+        q: &'a SelectQuery,
+    ) -> BoxFuture<'a, Result<Option<i64>, SourceError>> {
         Box::pin(async move {
-            let row = build(q).fetch_optional(&self.pool).await.map_err(|e| self.query_error(e))?;
+            let row = build(q)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.query_error(e))?;
             match row {
                 None => Ok(None),
-                Some(r) => r.try_get::<Option<i64>, _>(0).map_err(|e| self.query_error(e)),
+                Some(r) => r
+                    .try_get::<Option<i64>, _>(0)
+                    .map_err(|e| self.query_error(e)),
             }
         })
     }

@@ -37,18 +37,33 @@ pub struct PostgresSource {
 /// Connection errors worth retrying (the server is down, restarting, or unreachable).
 pub(super) fn sqlx_retryable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(d) => {
             // 08xxx connection exceptions, 57P0x operator intervention (shutdown, restart),
             // 53xxx insufficient resources, 40001/40P01 serialisation failure and deadlock.
-            d.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c.starts_with("53") || c == "40001" || c == "40P01")
+            d.code().is_some_and(|c| {
+                c.starts_with("08")
+                    || c.starts_with("57P0")
+                    || c.starts_with("53")
+                    || c == "40001"
+                    || c == "40P01"
+            })
         }
         _ => false,
     }
 }
 
 impl PostgresSource {
-    pub async fn open(connector: &str, net: &NetSource, time_zone: &str, query_timeout: Option<std::time::Duration>, raw_text: bool) -> Result<PostgresSource, SourceError> {
+    pub async fn open(
+        connector: &str,
+        net: &NetSource,
+        time_zone: &str,
+        query_timeout: Option<std::time::Duration>,
+        raw_text: bool,
+    ) -> Result<PostgresSource, SourceError> {
         let mut options = PgConnectOptions::new_without_pgpass()
             .host(&net.host)
             .port(net.port)
@@ -73,7 +88,9 @@ impl PostgresSource {
             })?;
             options = options.password(pw);
         }
-        let timeout_ms = query_timeout.map(|d| d.as_millis().to_string()).unwrap_or_else(|| "0".into());
+        let timeout_ms = query_timeout
+            .map(|d| d.as_millis().to_string())
+            .unwrap_or_else(|| "0".into());
         options = options.options([
             ("TimeZone", time_zone.to_string()),
             ("statement_timeout", timeout_ms),
@@ -92,11 +109,19 @@ impl PostgresSource {
                 message: format!("postgres {}: {e}", net.describe()),
                 retryable: sqlx_retryable(&e),
             })?;
-        Ok(PostgresSource { connector: connector.to_string(), pool, raw_text })
+        Ok(PostgresSource {
+            connector: connector.to_string(),
+            pool,
+            raw_text,
+        })
     }
 
     fn query_error(&self, e: sqlx::Error) -> SourceError {
-        SourceError::Query { connector: self.connector.clone(), retryable: sqlx_retryable(&e), message: e.to_string() }
+        SourceError::Query {
+            connector: self.connector.clone(),
+            retryable: sqlx_retryable(&e),
+            message: e.to_string(),
+        }
     }
 
     fn decode(&self, row: &PgRow) -> Result<Row, SourceError> {
@@ -133,9 +158,9 @@ fn decode_cell(v: PgValueRef<'_>, raw_text: bool) -> Result<Value, String> {
         "FLOAT8" => Value::Float(dec(v)?),
         "NUMERIC" => {
             let text = numeric_text(v.as_bytes().map_err(|e| e.to_string())?)?;
-            match text.parse::<rust_decimal::Decimal>() {
+            match rust_decimal::Decimal::from_str_exact(&text) {
                 Ok(d) => Value::Decimal(d),
-                // More digits than rust_decimal holds: keep the exact text.
+                // More digits than rust_decimal holds (its `parse` would round!): keep the exact text.
                 Err(_) => Value::Text(text),
             }
         }
@@ -151,13 +176,24 @@ fn decode_cell(v: PgValueRef<'_>, raw_text: bool) -> Result<Value, String> {
             if h.len() != 32 {
                 return Err("malformed UUID".into());
             }
-            Value::Text(format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..]))
+            Value::Text(format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            ))
         }
-        "JSON" | "JSONB" => Value::Text(raw_utf8(v).map(|s| s.trim_start_matches('\u{1}').to_string())?),
+        "JSON" | "JSONB" => {
+            Value::Text(raw_utf8(v).map(|s| s.trim_start_matches('\u{1}').to_string())?)
+        }
         other => match v.format() {
             sqlx::postgres::PgValueFormat::Text => Value::Text(raw_utf8(v)?),
             sqlx::postgres::PgValueFormat::Binary => {
-                return Err(format!("type {other} is not supported; cast it in the query, e.g. `col::text`"));
+                return Err(format!(
+                    "type {other} is not supported; cast it in the query, e.g. `col::text`"
+                ));
             }
         },
     })
@@ -171,7 +207,11 @@ fn raw_utf8(v: PgValueRef<'_>) -> Result<String, String> {
 fn text_value(v: PgValueRef<'_>, raw_text: bool, padded: bool) -> Result<Value, String> {
     let bytes = v.as_bytes().map_err(|e| e.to_string())?;
     // CHAR(n) is blank-padded by the server; the padding is not data.
-    let bytes = if padded { bytes.trim_ascii_end() } else { bytes };
+    let bytes = if padded {
+        bytes.trim_ascii_end()
+    } else {
+        bytes
+    };
     if raw_text {
         return Ok(Value::Bytes(bytes.to_vec()));
     }
@@ -185,7 +225,9 @@ fn text_value(v: PgValueRef<'_>, raw_text: bool, padded: bool) -> Result<Value, 
 /// `sign`, `dscale`, then base-10000 digits.
 pub fn numeric_text(b: &[u8]) -> Result<String, String> {
     let u16_at = |i: usize| -> Result<u16, String> {
-        b.get(i..i + 2).map(|s| u16::from_be_bytes([s[0], s[1]])).ok_or_else(|| "truncated NUMERIC".to_string())
+        b.get(i..i + 2)
+            .map(|s| u16::from_be_bytes([s[0], s[1]]))
+            .ok_or_else(|| "truncated NUMERIC".to_string())
     };
     let ndigits = u16_at(0)? as usize;
     let weight = u16_at(2)? as i16 as i64;
@@ -205,7 +247,11 @@ pub fn numeric_text(b: &[u8]) -> Result<String, String> {
     // Digit k stands for digits[k] * 10000^(weight - k).
     for p in (0..=weight.max(0)).rev() {
         let k = weight - p;
-        let d = if k >= 0 && (k as usize) < ndigits { digits[k as usize] } else { 0 };
+        let d = if k >= 0 && (k as usize) < ndigits {
+            digits[k as usize]
+        } else {
+            0
+        };
         if int_part.is_empty() {
             if d != 0 || p == 0 {
                 int_part = d.to_string();
@@ -219,7 +265,11 @@ pub fn numeric_text(b: &[u8]) -> Result<String, String> {
     }
     let mut k = weight + 1;
     while frac_part.len() < dscale {
-        let d = if k >= 0 && (k as usize) < ndigits { digits[k as usize] } else { 0 };
+        let d = if k >= 0 && (k as usize) < ndigits {
+            digits[k as usize]
+        } else {
+            0
+        };
         frac_part.push_str(&format!("{d:04}"));
         k += 1;
     }
@@ -284,12 +334,20 @@ impl SourceDriver for PostgresSource {
         })
     }
 
-    fn scalar_i64<'a>(&'a self, q: &'a SelectQuery) -> BoxFuture<'a, Result<Option<i64>, SourceError>> {
+    fn scalar_i64<'a>(
+        &'a self,
+        q: &'a SelectQuery,
+    ) -> BoxFuture<'a, Result<Option<i64>, SourceError>> {
         Box::pin(async move {
-            let row = build(q).fetch_optional(&self.pool).await.map_err(|e| self.query_error(e))?;
+            let row = build(q)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|e| self.query_error(e))?;
             match row {
                 None => Ok(None),
-                Some(r) => r.try_get::<Option<i64>, _>(0).map_err(|e| self.query_error(e)),
+                Some(r) => r
+                    .try_get::<Option<i64>, _>(0)
+                    .map_err(|e| self.query_error(e)),
             }
         })
     }
@@ -313,13 +371,22 @@ mod tests {
 
     #[test]
     fn numeric_binary_to_exact_text() {
-        assert_eq!(numeric_text(&enc(&[1234, 5000], 0, false, 2)).unwrap(), "1234.50");
+        assert_eq!(
+            numeric_text(&enc(&[1234, 5000], 0, false, 2)).unwrap(),
+            "1234.50"
+        );
         assert_eq!(numeric_text(&enc(&[], 0, false, 2)).unwrap(), "0.00");
-        assert_eq!(numeric_text(&enc(&[12, 3456, 7890], 1, true, 4)).unwrap(), "-123456.7890");
+        assert_eq!(
+            numeric_text(&enc(&[12, 3456, 7890], 1, true, 4)).unwrap(),
+            "-123456.7890"
+        );
         assert_eq!(numeric_text(&enc(&[5], -1, false, 4)).unwrap(), "0.0005");
         assert_eq!(numeric_text(&enc(&[1], 2, false, 0)).unwrap(), "100000000");
         // 38 digits: 12345678901234567890123456789012345678
         let d = [12, 3456, 7890, 1234, 5678, 9012, 3456, 7890, 1234, 5678];
-        assert_eq!(numeric_text(&enc(&d, 9, false, 0)).unwrap(), "12345678901234567890123456789012345678");
+        assert_eq!(
+            numeric_text(&enc(&d, 9, false, 0)).unwrap(),
+            "12345678901234567890123456789012345678"
+        );
     }
 }

@@ -145,3 +145,230 @@ pub fn assert_contiguous(records: &[Delivered]) {
         assert_eq!(r.seq, i as i64 + 1, "seq gap or duplicate near {:?}", r);
     }
 }
+
+/// An agent directory with one connector named `units` (record type poverty_assessment)
+/// over any source: `source` is the `[source]` body, `extract` the `[extract]` body.
+pub struct AgentDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl AgentDir {
+    pub fn new(source: &str, extract: &str, fields: &str, batch_size: usize) -> AgentDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("connectors.d")).unwrap();
+        std::fs::write(
+            dir.path().join("fepd.toml"),
+            format!(
+                "agent_id = \"t\"\nregion_code = \"430124\"\nstate_dir = \"state\"\nsigning_key = \"key\"\n\
+                 [sink]\ntype = \"dir\"\npath = \"outbox\"\n[spool]\nbatch_size = {batch_size}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("connectors.d/units.toml"),
+            format!("record_type = \"poverty_assessment\"\n[source]\n{source}\n[extract]\n{extract}\n[fields]\n{fields}\n"),
+        )
+        .unwrap();
+        fepd::keys::generate_signing_key(&dir.path().join("key")).unwrap();
+        AgentDir { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("fepd.toml")
+    }
+
+    pub fn load(&self) -> AgentConfig {
+        AgentConfig::load(&self.config_path()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn agent(&self) -> Agent {
+        Agent::open(self.load()).await.expect("agent opens")
+    }
+
+    /// One pass with a fresh agent (as after a restart); returns what it delivered.
+    pub async fn pass(&self) -> (fepd::pipeline::RunSummary, Vec<Delivered>) {
+        let before = self.delivered().len();
+        let agent = self.agent().await;
+        let summary = fepd::pipeline::run_once(&agent).await.expect("run");
+        assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+        let all = self.delivered();
+        (summary, all[before..].to_vec())
+    }
+
+    /// A pass asked to stop before it starts: it reads one chunk, commits it and returns.
+    pub async fn interrupted_pass(&self) -> fepd::pipeline::PassStats {
+        let agent = self.agent().await;
+        agent.stop.request();
+        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
+        fepd::pipeline::run_pass(&agent, &agent.config.connectors[0], &notify)
+            .await
+            .expect("pass")
+    }
+
+    pub fn delivered(&self) -> Vec<Delivered> {
+        let outbox = self.dir.path().join("outbox");
+        if !outbox.exists() {
+            return Vec::new();
+        }
+        let all = read_outbox(&outbox).remove("units").unwrap_or_default();
+        assert_contiguous(&all);
+        all
+    }
+
+    pub fn verify(&self) {
+        let key = fepd::keys::load_signing_key(&self.dir.path().join("key"))
+            .unwrap()
+            .verifying_key();
+        let report = fepd::verify::verify_dir(&self.dir.path().join("outbox"), &key).unwrap();
+        assert!(report.ok(), "{:?}", report.breaks);
+    }
+}
+
+pub fn keys_of(records: &[Delivered]) -> Vec<String> {
+    let mut k: Vec<String> = records.iter().map(|r| r.source_key.clone()).collect();
+    k.sort();
+    k
+}
+
+/// A uniquely named scratch database on the machine's PostgreSQL or MariaDB.
+pub struct TestDb {
+    pub kind: DbKind,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Postgres,
+    Mysql,
+}
+
+pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const MY_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
+
+fn unique_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "fepd_t_{}_{}_{}",
+        std::process::id(),
+        nanos,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+impl TestDb {
+    pub async fn create(kind: DbKind) -> TestDb {
+        let name = unique_name();
+        match kind {
+            DbKind::Postgres => {
+                let admin = sqlx::PgPool::connect(PG_ADMIN)
+                    .await
+                    .expect("PostgreSQL on 127.0.0.1:5432 (scripts/test starts it)");
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&admin)
+                    .await
+                    .unwrap();
+            }
+            DbKind::Mysql => {
+                let admin = sqlx::MySqlPool::connect(MY_ADMIN)
+                    .await
+                    .expect("MariaDB on 127.0.0.1:3306 (scripts/test starts it)");
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE DATABASE {name} CHARACTER SET utf8mb4"
+                )))
+                .execute(&admin)
+                .await
+                .unwrap();
+            }
+        }
+        TestDb { kind, name }
+    }
+
+    pub fn url(&self) -> String {
+        match self.kind {
+            DbKind::Postgres => format!("postgres://postgres@127.0.0.1:5432/{}", self.name),
+            DbKind::Mysql => format!("mysql://root@127.0.0.1:3306/{}", self.name),
+        }
+    }
+
+    /// The connector's `[source]` body for this database.
+    pub fn source_toml(&self) -> String {
+        match self.kind {
+            DbKind::Postgres => format!(
+                "driver = \"postgres\"\nhost = \"127.0.0.1\"\ndatabase = \"{}\"\nuser = \"postgres\"\ntls = \"disable\"",
+                self.name
+            ),
+            DbKind::Mysql => format!(
+                "driver = \"mysql\"\nhost = \"127.0.0.1\"\ndatabase = \"{}\"\nuser = \"root\"\ntls = \"disable\"",
+                self.name
+            ),
+        }
+    }
+
+    /// Runs statements separated by `;` (no `;` inside them).
+    pub async fn exec(&self, sql: &str) {
+        match self.kind {
+            DbKind::Postgres => {
+                let pool = sqlx::PgPool::connect(&self.url()).await.unwrap();
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(&pool)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                pool.close().await;
+            }
+            DbKind::Mysql => {
+                let pool = sqlx::MySqlPool::connect(&self.url()).await.unwrap();
+                for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(stmt.to_string()))
+                        .execute(&pool)
+                        .await
+                        .unwrap_or_else(|e| panic!("{stmt}: {e}"));
+                }
+                pool.close().await;
+            }
+        }
+    }
+
+    pub fn timestamp_type(&self) -> &'static str {
+        match self.kind {
+            DbKind::Postgres => "TIMESTAMP(6)",
+            DbKind::Mysql => "DATETIME(6)",
+        }
+    }
+}
+
+impl TestDb {
+    /// Drops the database (at the end of a test that passed).
+    pub async fn drop_db(self) {
+        match self.kind {
+            DbKind::Postgres => {
+                if let Ok(admin) = sqlx::PgPool::connect(PG_ADMIN).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.name
+                    )))
+                    .execute(&admin)
+                    .await;
+                }
+            }
+            DbKind::Mysql => {
+                if let Ok(admin) = sqlx::MySqlPool::connect(MY_ADMIN).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {}",
+                        self.name
+                    )))
+                    .execute(&admin)
+                    .await;
+                }
+            }
+        }
+    }
+}
