@@ -45,6 +45,9 @@ pub enum Command {
         #[arg(long, default_value = "5m")]
         interval: String,
     },
+    /// Run one connector's pass with progress (rows, estimated total, rate); Ctrl-C stops
+    /// it cleanly and running it again resumes from where it stopped.
+    Backfill { connector: String },
     /// Generate a sample legacy database, run one pass into a dir sink, verify, summarise.
     Demo {
         /// Where the demo lives.
@@ -177,6 +180,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             mutate,
         } => run_demo(&dir, rows, reset, mutate).await,
         Command::Check => check(&cli.config).await,
+        Command::Backfill { connector } => backfill(&cli.config, &connector).await,
         Command::Preview { connector, limit } => preview(&cli.config, &connector, limit).await,
         Command::Status { json } => status(&cli.config, json).await,
         Command::Rejects { action } => rejects(&cli.config, action).await,
@@ -240,6 +244,92 @@ async fn run(config: &Path, once: bool, interval: &str) -> Result<ExitCode> {
             _ = agent.stop.wait() => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+async fn backfill(config: &Path, name: &str) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    let agent = Agent::open(load(config)?).await?;
+    let Some(c) = agent.config.connector(name).cloned() else {
+        let names: Vec<&str> = agent
+            .config
+            .connectors
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        bail!("no connector `{name}`; configured: {}", names.join(", "));
+    };
+    let stop = agent.stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop.request();
+    });
+    let total = match pipeline::estimate_rows(&agent, &c).await {
+        Ok(t) => t.map(|t| t.max(0) as u64),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot estimate the rows to read");
+            None
+        }
+    };
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::with_draw_target(
+        total,
+        if tty {
+            indicatif::ProgressDrawTarget::stderr()
+        } else {
+            indicatif::ProgressDrawTarget::hidden()
+        },
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:40}] {human_pos}/{human_len} rows  {per_sec}  eta {eta}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(format!("backfill {name}"));
+    // The first report prints at once, then one every 5 s.
+    let last_line = std::sync::Mutex::new(
+        Instant::now()
+            .checked_sub(Duration::from_secs(10))
+            .unwrap_or_else(Instant::now),
+    );
+    let report = |rows: u64| {
+        bar.set_position(rows);
+        if !tty {
+            // Plain lines for logs and pipes: one every 5 s.
+            let mut last = last_line.lock().unwrap_or_else(|p| p.into_inner());
+            if last.elapsed() >= Duration::from_secs(5) {
+                *last = Instant::now();
+                let rate = rows as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                let of = total
+                    .map(|t| format!(" of ~{t} ({:.0}%)", 100.0 * rows as f64 / t.max(1) as f64))
+                    .unwrap_or_default();
+                eprintln!("backfill {name}: {rows} rows{of}, {rate:.0} rows/s");
+            }
+        }
+    };
+    let summary = pipeline::run_selected(&agent, Some(name), Some(&report)).await?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    if let Some((_, e)) = summary.failures.first() {
+        eprintln!("error: {e}");
+        eprintln!("what was committed is kept: run `fepd backfill {name}` again to resume");
+        return Ok(ExitCode::FAILURE);
+    }
+    let p = summary.passes.first().cloned().unwrap_or_default();
+    println!(
+        "backfill {name}: {} rows read, {} records spooled, {} rejected, {} delivered in {seconds:.1} s ({:.0} rows/s)",
+        p.rows_read,
+        p.records,
+        p.rejects,
+        summary.delivered.records,
+        p.rows_read as f64 / seconds.max(1e-9)
+    );
+    if agent.stop.is_requested() {
+        println!(
+            "interrupted: run `fepd backfill {name}` again to resume from the last committed row"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn shutdown_signal() {

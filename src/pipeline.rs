@@ -153,6 +153,15 @@ pub struct RunSummary {
 /// spool; returns when everything spooled has been delivered. A failing connector does not
 /// stop the others; a failing sink stops the run (the spool keeps the batches).
 pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
+    run_selected(agent, None, None).await
+}
+
+/// [`run_once`] for one connector (or all with `None`), reporting progress.
+pub async fn run_selected(
+    agent: &Agent,
+    only: Option<&str>,
+    progress: Progress<'_>,
+) -> Result<RunSummary, PassError> {
     let notify = Arc::new(Notify::new());
     let (done_tx, done_rx) = watch::channel(false);
     let delivery = tokio::spawn(deliver_until_done(
@@ -163,7 +172,12 @@ pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
     ));
     let extraction = async {
         let mut summary = RunSummary::default();
-        for c in agent.config.connectors.iter().filter(|c| c.enabled) {
+        for c in agent
+            .config
+            .connectors
+            .iter()
+            .filter(|c| only.map_or(c.enabled, |name| c.name == name))
+        {
             if agent.stop.is_requested() {
                 break;
             }
@@ -171,7 +185,7 @@ pub async fn run_once(agent: &Agent) -> Result<RunSummary, PassError> {
                 tracing::info!(connector = %c.name, "outside its window; skipped");
                 continue;
             }
-            match run_pass_retrying(agent, c, &notify, None).await {
+            match run_pass_retrying(agent, c, &notify, progress).await {
                 Ok(s) => summary.passes.push(s),
                 Err(e) => {
                     tracing::error!(connector = %c.name, error = %e, retryable = e.is_retryable(), "pass failed");

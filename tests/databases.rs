@@ -416,3 +416,72 @@ async fn wrong_password_and_unreachable_server_are_clear_errors() {
     );
     db.drop_db().await;
 }
+
+/// `fepd backfill`: progress lines when not on a terminal, Ctrl-C (SIGINT) stops it
+/// cleanly, running it again resumes; every row exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_command_reports_progress_stops_on_sigint_and_resumes() {
+    let db = TestDb::create(DbKind::Postgres).await;
+    units_table(&db).await;
+    insert_units(&db, 1..6001, "2016-12-31 23:59:59").await;
+    db.exec("UPDATE t SET updated_at = updated_at + (id || ' seconds')::interval")
+        .await;
+    let agent = AgentDir::new(
+        &db.source_toml(),
+        "table = \"t\"\nkey = \"id\"\nmode = \"timestamp\"\ncolumn = \"updated_at\"\nstart_from = \"2017-01-01\"\nfetch_size = 100\nmax_rows_per_second = 1000",
+        FIELDS,
+        100,
+    );
+    let bin = env!("CARGO_BIN_EXE_fepd");
+    let child = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(agent.config_path())
+        .args(["backfill", "units", "--log", "error"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it run a while (throttled to 1,000 rows/s), then Ctrl-C.
+    let outbox = agent.path().join("outbox");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_dir(&outbox).map(|d| d.count()).unwrap_or(0) < 8 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backfill made no progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("interrupted: run `fepd backfill units` again"),
+        "{stdout}"
+    );
+    let first = agent.delivered().len();
+    assert!(first > 0 && first < 6000, "{first}");
+
+    let out = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(agent.config_path())
+        .args(["backfill", "units", "--log", "error"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("backfill units:") && stderr.contains("rows/s"),
+        "progress lines: {stderr}"
+    );
+    let all = agent.delivered();
+    assert_eq!(all.len(), 6000, "every row once across the interruption");
+    agent.verify();
+    db.drop_db().await;
+}
