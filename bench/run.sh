@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks. Usage: bench/run.sh sqlite-dir [ROWS]
+# Benchmarks. Usage: bench/run.sh sqlite-dir|postgres-dir [ROWS]
 #
 # sqlite-dir: a ROWS-row (default 1,000,000) SQLite subsidy-payment table (the demo's,
 # ~10 columns) plus the 5,000-entry snapshot ledger, one full pass into the dir sink with
@@ -32,6 +32,114 @@ sqlite-dir)
     awk -v n="$records" -v s="$seconds" -v k="$rss_kb" \
         'BEGIN { printf "bench sqlite-dir: %d records/s, peak RSS %.0f MiB (%d records in %.2f s)\n", n / s, k / 1024, n, s }'
     ;;
+postgres-dir)
+    # A ROWS-row PostgreSQL table shaped like a subsidy payment table (10 columns, about
+    # 150 bytes a row, valid data), created once in database fepd_bench. Then, in one run:
+    # fepd's full pass into the dir sink; COPY (SELECT …) TO STDOUT of the same rows (the
+    # physical reading limit); and the peer tool sling moving the table to a JSONL file.
+    pg="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q"
+    $pg -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'fepd_bench'" | grep -q 1 \
+        || $pg -d postgres -c "CREATE DATABASE fepd_bench"
+    have=$($pg -d fepd_bench -Atc "SELECT count(*) FROM subsidy_payment" 2>/dev/null || echo 0)
+    if [ "$have" != "$rows" ]; then
+        echo "creating subsidy_payment with $rows rows in database fepd_bench (once)"
+        $pg -d fepd_bench <<SQL
+DROP TABLE IF EXISTS subsidy_payment;
+CREATE FUNCTION pg_temp.idcheck(s text) RETURNS text LANGUAGE sql IMMUTABLE AS \$\$
+  SELECT substr('10X98765432', (sum(substr(s, i, 1)::int * (ARRAY[7,9,10,5,8,4,2,1,6,3,7,9,10,5,8,4,2])[i]) % 11)::int + 1, 1)
+  FROM generate_series(1, 17) i \$\$;
+CREATE TABLE subsidy_payment (
+  pay_id bigint PRIMARY KEY, project_code varchar(20) NOT NULL, name varchar(40) NOT NULL,
+  id_card char(18) NOT NULL, village_code varchar(12) NOT NULL, bank_account varchar(32),
+  amount numeric(14,2) NOT NULL, pay_date date NOT NULL, period varchar(7), updated_at timestamp(6) NOT NULL);
+WITH base AS (
+  SELECT g, '430124' || to_char(date '1940-01-01' + (g * 7919 % 21900)::int, 'YYYYMMDD') || lpad((g % 1000)::text, 3, '0') AS id17,
+         date '2017-01-01' + (g * 13 % 3200)::int AS d
+  FROM generate_series(1::bigint, $rows) g)
+INSERT INTO subsidy_payment
+SELECT g, 'XM' || extract(year FROM d) || '-0' || (g % 8 + 1), (ARRAY['王','李','张','刘','陈'])[g % 5 + 1] || (ARRAY['伟','芳','娜','秀英','建华'])[g % 5 + 1],
+       id17 || pg_temp.idcheck(id17), '430124' || (100 + g % 12) || (200 + g % 30), '6217' || lpad((g * 7)::text, 15, '0'),
+       ((50 + g % 1950) || '.' || lpad((g % 100)::text, 2, '0'))::numeric, d, to_char(d, 'YYYY-MM'),
+       timestamp '2017-01-01 08:00:00' + g * interval '250 milliseconds'
+FROM base;
+CREATE INDEX subsidy_payment_updated ON subsidy_payment (updated_at, pay_id);
+ANALYZE subsidy_payment;
+SQL
+    fi
+    dir="$work/postgres-dir"
+    rm -rf "$dir"; mkdir -p "$dir/connectors.d"
+    cat > "$dir/fepd.toml" <<TOML
+agent_id = "bench"
+region_code = "430124"
+state_dir = "state"
+signing_key = "signing.key"
+[sink]
+type = "dir"
+path = "outbox"
+[spool]
+batch_size = 2000
+TOML
+    cat > "$dir/connectors.d/subsidy.toml" <<TOML
+name = "subsidy"
+record_type = "individual_subsidy"
+[source]
+driver = "postgres"
+host = "127.0.0.1"
+database = "fepd_bench"
+user = "postgres"
+tls = "disable"
+[extract]
+table = "subsidy_payment"
+key = "pay_id"
+mode = "timestamp"
+column = "updated_at"
+fetch_size = 2000
+[fields]
+payment_code = "pay_id"
+project_code = "project_code"
+recipient_name = "name"
+id_number = "id_card"
+region_code = "village_code"
+bank_account = "bank_account"
+amount = "amount"
+paid_date = "pay_date"
+period = "period"
+TOML
+    "$bin" keygen --out "$dir/signing.key" > "$dir/public.key" 2>/dev/null
+    out=$(mktemp)
+    /usr/bin/time -f '%e %M' -o "$out.time" "$bin" --config "$dir/fepd.toml" --log warn run --once | tee "$out"
+    read -r seconds rss_kb < "$out.time"
+    records=$(grep -oE '[0-9]+ record\(s\) delivered' "$out" | grep -oE '^[0-9]+')
+    "$bin" verify "$dir/outbox" --pubkey "$dir/public.key" | tail -1
+
+    cols="pay_id, project_code, name, id_card, village_code, bank_account, amount, pay_date, period, updated_at"
+    start=$(date +%s.%N)
+    $pg -d fepd_bench -c "COPY (SELECT $cols FROM subsidy_payment ORDER BY updated_at, pay_id) TO STDOUT" > /dev/null
+    copy_s=$(echo "$(date +%s.%N) - $start" | bc)
+    echo "copy limit: $rows rows in $copy_s s"
+
+    sling_bin=${SLING_BINARY:-}
+    if [ -z "$sling_bin" ]; then
+        pip install -q sling sling-linux-amd64 >/dev/null 2>&1 || true
+        sling_bin=$(python3 -c 'import os, sling_linux_amd64 as s; print(os.path.join(os.path.dirname(s.__file__), "bin", "sling-linux-amd64"))' 2>/dev/null || true)
+    fi
+    sling_rate=0
+    if [ -n "$sling_bin" ] && [ -x "$sling_bin" ]; then
+        rm -f "$dir/sling.jsonl"
+        start=$(date +%s.%N)
+        BENCH_PG="postgresql://postgres@127.0.0.1:5432/fepd_bench?sslmode=disable" SLING_DISABLE_TELEMETRY=true \
+            "$sling_bin" run --src-conn BENCH_PG --src-stream public.subsidy_payment --tgt-object "file://$dir/sling.jsonl" >"$dir/sling.log" 2>&1 \
+            || { echo "sling failed:"; tail -5 "$dir/sling.log"; }
+        sling_s=$(echo "$(date +%s.%N) - $start" | bc)
+        sling_rows=$(wc -l < "$dir/sling.jsonl" 2>/dev/null || echo 0)
+        sling_rate=$(echo "$sling_rows / $sling_s" | bc)
+        echo "sling: $sling_rows rows in $sling_s s"
+    else
+        echo "sling not available (set SLING_BINARY)"
+    fi
+    awk -v n="$records" -v s="$seconds" -v k="$rss_kb" -v c="$copy_s" -v r="$rows" -v sl="$sling_rate" \
+        'BEGIN { printf "bench postgres-dir: %d records/s, peak RSS %.0f MiB, copy limit %d rows/s, sling %d rows/s\n", n / s, k / 1024, r / c, sl }'
+    ;;
 *)
-    echo "unknown benchmark $what (known: sqlite-dir)" >&2; exit 2 ;;
+    echo "unknown benchmark $what (known: sqlite-dir, postgres-dir)" >&2; exit 2 ;;
 esac

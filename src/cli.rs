@@ -127,6 +127,7 @@ pub enum RejectsCommand {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    tune_allocator();
     // One TLS crypto provider for every crate (see crate-notes.md); an error only means one
     // was installed already.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -167,6 +168,19 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Keeps the resident memory of a long-running agent flat: batch bodies (hundreds of KiB)
+/// are allocated and freed by several threads, and glibc's defaults would keep growing
+/// per-thread arenas and raise the mmap threshold after each free, holding freed bodies
+/// in the heap. With a fixed threshold big buffers go back to the kernel when freed.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

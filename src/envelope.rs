@@ -149,10 +149,12 @@ pub fn signing_payload(
     format!("{agent}|{connector}|{first}|{last}|{prev_hex}|{head_hex}")
 }
 
-/// A built batch: its metadata and its body in wire encoding.
+/// A built batch: its metadata and its body (in wire encoding once compressed).
 pub struct BuiltBatch {
     pub meta: BatchMeta,
     pub body: Vec<u8>,
+    /// Whether `body` is in its wire encoding yet.
+    pub compressed: bool,
     /// The chain after this batch.
     pub chain: Chain,
 }
@@ -172,6 +174,17 @@ impl BatchBuilder {
     /// Builds one batch from `records`, continuing `chain`. `collected_at` is stamped on
     /// every line of the batch.
     pub fn build(
+        &self,
+        chain: Chain,
+        records: &[LineInput<'_>],
+        collected_at: &DateTime<FixedOffset>,
+    ) -> std::io::Result<BuiltBatch> {
+        self.build_plain(chain, records, collected_at)?.compress()
+    }
+
+    /// [`build`](Self::build) without the compression, which the caller may run on another
+    /// thread ([`BuiltBatch::compress`]).
+    pub fn build_plain(
         &self,
         chain: Chain,
         records: &[LineInput<'_>],
@@ -243,11 +256,8 @@ impl BatchBuilder {
         );
         let signature = base64::engine::general_purpose::STANDARD
             .encode(self.key.sign(payload.as_bytes()).to_bytes());
-        let body = match self.compression {
-            Compression::Gzip => gzip(&plain)?,
-            Compression::None => plain,
-        };
         Ok(BuiltBatch {
+            compressed: false,
             meta: BatchMeta {
                 agent: self.agent.clone(),
                 connector: self.connector.clone(),
@@ -262,12 +272,25 @@ impl BatchBuilder {
                 created_at: collected_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, false),
                 region6: self.region6.clone(),
             },
-            body,
+            body: plain,
             chain: Chain {
                 next_seq: seq,
                 head,
             },
         })
+    }
+}
+
+impl BuiltBatch {
+    /// Puts the body in its wire encoding (gzip unless the batch says `none`).
+    pub fn compress(mut self) -> std::io::Result<BuiltBatch> {
+        if !self.compressed {
+            if self.meta.compression == Compression::Gzip {
+                self.body = gzip(&self.body)?;
+            }
+            self.compressed = true;
+        }
+        Ok(self)
     }
 }
 

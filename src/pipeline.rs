@@ -352,6 +352,7 @@ pub async fn run_pass_with_progress(
         },
         batch_size: agent.config.spool.batch_size,
         committed: committed.clone(),
+        pending: None,
         time_zone: agent.config.time_zone,
         stats: PassStats {
             connector: c.name.clone(),
@@ -486,6 +487,61 @@ fn cursor_after(
     }
 }
 
+/// A unit handed from the writer to the committer.
+struct PendingCommit {
+    unit: CommitUnit,
+    chain_after: Chain,
+}
+
+/// The commit stage: compresses batches on blocking threads — the next one while the
+/// previous one commits — then commits them in order and tells the delivery task.
+async fn committer(
+    spool: Spool,
+    connector: String,
+    rx: mpsc::Receiver<PendingCommit>,
+    committed: Arc<Notify>,
+) -> Result<(), PassError> {
+    let compressed =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) })
+            .map(|p| compress(&connector, p))
+            .buffered(2);
+    futures_util::pin_mut!(compressed);
+    while let Some(p) = compressed.next().await {
+        commit_now(&spool, &connector, p?, &committed).await?;
+    }
+    Ok(())
+}
+
+async fn compress(connector: &str, mut p: PendingCommit) -> Result<PendingCommit, PassError> {
+    if let Some(batch) = p.unit.batch.take() {
+        let compressed = tokio::task::spawn_blocking(move || batch.compress())
+            .await
+            .map_err(|_| PassError::WriterGone(connector.to_string()))?
+            .map_err(|source| PassError::Build {
+                connector: connector.to_string(),
+                source,
+            })?;
+        p.unit.batch = Some(compressed);
+    }
+    Ok(p)
+}
+
+async fn commit_now(
+    spool: &Spool,
+    connector: &str,
+    p: PendingCommit,
+    committed: &Notify,
+) -> Result<(), PassError> {
+    let has_batch = p.unit.batch.is_some();
+    let p = compress(connector, p).await?;
+    spool.commit(connector, &p.unit, p.chain_after).await?;
+    if has_batch {
+        committed.notify_one();
+    }
+    crate::crashpoint::hit("after_spool_commit");
+    Ok(())
+}
+
 /// Which content hashes of a chunk go into the spool.
 enum HashStore {
     All,
@@ -505,6 +561,9 @@ struct Writer {
     resumed_at: Option<CursorValue>,
     batch_size: usize,
     committed: Arc<Notify>,
+    /// The committer stage while the scan runs; `None` commits directly (the snapshot's
+    /// delete phase, which must see every earlier commit).
+    pending: Option<mpsc::Sender<PendingCommit>>,
     time_zone: chrono_tz::Tz,
     stats: PassStats,
 }
@@ -513,9 +572,30 @@ impl Writer {
     /// Commits every chunk the reader sends; returns itself for the snapshot's delete
     /// phase, which only the reader can allow (it knows whether the scan completed).
     async fn run(mut self, mut rx: mpsc::Receiver<Chunk>) -> Result<Writer, PassError> {
+        // Committing (compress, write, fsync) runs as a stage of its own, so the next batch is
+        // built while the previous one is made durable.
+        let (tx, commits) = mpsc::channel::<PendingCommit>(2);
+        let committer = tokio::spawn(committer(
+            self.spool.clone(),
+            self.builder.connector.clone(),
+            commits,
+            self.committed.clone(),
+        ));
+        self.pending = Some(tx);
+        let mut result = Ok(());
         while let Some(chunk) = rx.recv().await {
-            self.write_chunk(chunk).await?;
+            if let Err(e) = self.write_chunk(chunk).await {
+                result = Err(e);
+                break;
+            }
         }
+        self.pending = None;
+        let committed = committer
+            .await
+            .map_err(|_| PassError::WriterGone(self.builder.connector.clone()))?;
+        // The committer's own error explains a failed hand-over best.
+        committed?;
+        result?;
         Ok(self)
     }
 
@@ -619,7 +699,7 @@ impl Writer {
         if !lines.is_empty() {
             let built = self
                 .builder
-                .build(self.chain, lines, &self.now())
+                .build_plain(self.chain, lines, &self.now())
                 .map_err(|source| PassError::Build {
                     connector: self.builder.connector.clone(),
                     source,
@@ -627,16 +707,30 @@ impl Writer {
             chain_after = built.chain;
             unit.batch = Some(built);
         }
-        self.spool
-            .commit(&self.builder.connector, &unit, chain_after)
-            .await?;
+        let pending = PendingCommit { unit, chain_after };
+        match &self.pending {
+            Some(tx) => {
+                if tx.send(pending).await.is_err() {
+                    return Err(PassError::WriterGone(self.builder.connector.clone()));
+                }
+            }
+            None => {
+                commit_now(
+                    &self.spool,
+                    &self.builder.connector,
+                    pending,
+                    &self.committed,
+                )
+                .await?
+            }
+        }
+        // The chain advances when the batch is built: the next batch continues it, and
+        // commits happen in order, so the spool only ever holds a prefix of this chain.
         self.chain = chain_after;
         if !lines.is_empty() {
             self.stats.records += lines.len() as u64;
             self.stats.batches += 1;
-            self.committed.notify_one();
         }
-        crate::crashpoint::hit("after_spool_commit");
         Ok(())
     }
 

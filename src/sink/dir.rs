@@ -1,8 +1,8 @@
 //! The `dir` sink: each batch becomes `<connector>-<first_seq>.ndjson.gz` (the message body)
 //! plus `<connector>-<first_seq>.json` (a manifest with the message's properties and
-//! headers). Each file is written under a temporary name, fsynced, renamed, and the
-//! directory fsynced; the manifest is written last, so its presence means the batch is
-//! complete. Files written this way can cross a one-way gateway and be relayed into the
+//! headers). Each file is written under a temporary name, fsynced and renamed; the
+//! manifest is written last, so its presence means the batch is complete; the directory is
+//! fsynced before the spool marks the batches delivered. Files written this way can cross a one-way gateway and be relayed into the
 //! queue on the other side.
 
 use std::io::Write;
@@ -66,8 +66,7 @@ impl DirSink {
         let m = manifest(&batch.meta, &body_name, &batch.body);
         let mut text = serde_json::to_vec_pretty(&m).map_err(std::io::Error::other)?;
         text.push(b'\n');
-        write_atomic(&self.path, &manifest_name, &text)?;
-        std::fs::File::open(&self.path)?.sync_all()
+        write_atomic(&self.path, &manifest_name, &text)
     }
 }
 
@@ -85,6 +84,24 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
 impl Sink for DirSink {
     fn describe(&self) -> String {
         format!("dir {}", self.path.display())
+    }
+
+    fn sync(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async move {
+            // The renames are durable once the directory is.
+            let dir = self.path.clone();
+            match tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(SinkError::Io {
+                    sink: self.describe(),
+                    message: format!("fsync of the directory: {e}"),
+                }),
+                Err(e) => Err(SinkError::Io {
+                    sink: self.describe(),
+                    message: format!("writer task failed: {e}"),
+                }),
+            }
+        })
     }
 
     fn deliver<'a>(&'a self, batch: &'a StoredBatch) -> BoxFuture<'a, Result<(), SinkError>> {

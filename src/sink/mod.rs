@@ -33,8 +33,14 @@ pub trait Sink: Send + Sync {
     /// Short description for logs and status ("dir /var/spool/fepd/outbox").
     fn describe(&self) -> String;
 
-    /// Delivers one batch durably. Delivering the same batch again must be harmless.
+    /// Delivers one batch. Delivering the same batch again must be harmless.
     fn deliver<'a>(&'a self, batch: &'a StoredBatch) -> BoxFuture<'a, Result<(), SinkError>>;
+
+    /// Makes every batch delivered so far durable (the dir sink: fsync the directory).
+    /// Batches are marked delivered in the spool only after this returns.
+    fn sync(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Builds the configured sink.
@@ -55,19 +61,25 @@ pub struct Delivered {
 pub async fn deliver_pending(spool: &Spool, sink: &dyn Sink) -> Result<Delivered, SinkError> {
     let mut done = Delivered::default();
     loop {
-        let batches = spool.pending(32).await?;
+        // A few batches at a time: bodies are held in memory while delivered.
+        let batches = spool.pending(8).await?;
         if batches.is_empty() {
             return Ok(done);
         }
         for b in &batches {
             sink.deliver(b).await?;
             crate::crashpoint::hit("after_sink_write");
-            spool
-                .mark_delivered(&b.meta.connector, b.meta.first_seq)
-                .await?;
-            done.batches += 1;
-            done.records += b.meta.count as u64;
             tracing::debug!(connector = %b.meta.connector, first_seq = b.meta.first_seq, last_seq = b.meta.last_seq, "batch delivered");
         }
+        // One sync and one spool transaction per round instead of per batch. A crash in
+        // between only means the round is delivered again, which sinks accept.
+        sink.sync().await?;
+        let delivered: Vec<(&str, i64)> = batches
+            .iter()
+            .map(|b| (b.meta.connector.as_str(), b.meta.first_seq))
+            .collect();
+        spool.mark_delivered(&delivered).await?;
+        done.batches += batches.len() as u64;
+        done.records += batches.iter().map(|b| b.meta.count as u64).sum::<u64>();
     }
 }

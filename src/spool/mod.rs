@@ -190,6 +190,9 @@ impl Spool {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Batch bodies are blobs of hundreds of KiB: large pages store them in few
+            // overflow pages (takes effect when the spool is created).
+            .page_size(65536)
             .busy_timeout(Duration::from_secs(60))
             .disable_statement_logging();
         let pool = SqlitePoolOptions::new()
@@ -541,15 +544,22 @@ impl Spool {
             .collect())
     }
 
-    /// Marks a batch delivered (after the sink confirmed it).
-    pub async fn mark_delivered(&self, connector: &str, first_seq: i64) -> Result<(), SpoolError> {
-        sqlx::query("UPDATE batches SET delivered_at = ?3 WHERE connector = ?1 AND first_seq = ?2 AND delivered_at IS NULL")
-            .bind(connector)
-            .bind(first_seq)
-            .bind(now_rfc3339())
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+    /// Marks batches `(connector, first_seq)` delivered (after the sink confirmed them), in
+    /// one transaction.
+    pub async fn mark_delivered(&self, batches: &[(&str, i64)]) -> Result<(), SpoolError> {
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let json = serde_json::to_string(batches).map_err(|e| self.corrupt(e.to_string()))?;
+        sqlx::query(
+            "UPDATE batches SET delivered_at = ?2 WHERE delivered_at IS NULL AND (connector, first_seq) IN \
+             (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?1))",
+        )
+        .bind(json)
+        .bind(now_rfc3339())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
         Ok(())
     }
 
