@@ -384,7 +384,25 @@ pub async fn run_pass_with_progress(
                 cursor: None,
             };
             let mut last_cursor = state.cursor.clone();
-            while let Some(row) = rows.next().await {
+            loop {
+                // `query_timeout` bounds every wait on the source, whatever the driver does
+                // on the server side (statement_timeout, max_statement_time).
+                let next = match c.extract.query_timeout {
+                    Some(limit) => match tokio::time::timeout(limit, rows.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            return Err(PassError::Source(SourceError::Query {
+                                connector: c.name.clone(),
+                                message: format!(
+                                    "no row within query_timeout ({limit:?}); the query was abandoned"
+                                ),
+                                retryable: false,
+                            }));
+                        }
+                    },
+                    None => rows.next().await,
+                };
+                let Some(row) = next else { break };
                 let row = row?;
                 rows_read += 1;
                 if let Some(cur) = cursor_after(c, &layout, &row, generation) {

@@ -485,3 +485,180 @@ async fn backfill_command_reports_progress_stops_on_sigint_and_resumes() {
     agent.verify();
     db.drop_db().await;
 }
+
+async fn pg_ssl_in_use(agent: &AgentDir) -> Result<Option<i64>, fepd::source::SourceError> {
+    let config = agent.load();
+    let driver = fepd::source::open(&config.connectors[0]).await?;
+    let q = fepd::source::SelectQuery {
+        sql: "SELECT CASE WHEN ssl THEN 1 ELSE 0 END::bigint FROM pg_stat_ssl WHERE pid = pg_backend_pid()".into(),
+        binds: vec![],
+    };
+    driver.scalar_i64(&q).await
+}
+
+/// TLS to PostgreSQL (the server's own snakeoil certificate: CN and SAN `localhost`):
+/// `disable` is plain, `require` encrypts, a CA file is verified, `verify-full` checks the
+/// host name too, and a certificate from another CA is refused with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tls_modes_and_verification() {
+    let snakeoil = std::path::Path::new("/etc/ssl/certs/ssl-cert-snakeoil.pem");
+    let admin = sqlx::PgPool::connect(common::PG_ADMIN).await.unwrap();
+    let ssl: (String,) = sqlx::query_as("SHOW ssl").fetch_one(&admin).await.unwrap();
+    if ssl.0 != "on" || !snakeoil.exists() {
+        eprintln!(
+            "PostgreSQL has no TLS here (ssl = {}); TLS modes not exercised",
+            ssl.0
+        );
+        return;
+    }
+    let db = TestDb::create(DbKind::Postgres).await;
+    units_table(&db).await;
+    let extract = "table = \"t\"\nkey = \"id\"\nmode = \"incrementing\"\ncolumn = \"id\"";
+    let source = |host: &str, tls: &str, ca: Option<&std::path::Path>| {
+        let ca = ca
+            .map(|p| format!("\nca_file = \"{}\"", p.display()))
+            .unwrap_or_default();
+        format!(
+            "driver = \"postgres\"\nhost = \"{host}\"\ndatabase = \"{}\"\nuser = \"postgres\"\ntls = \"{tls}\"{ca}",
+            db.name
+        )
+    };
+    let plain = AgentDir::new(&source("127.0.0.1", "disable", None), extract, FIELDS, 10);
+    assert_eq!(pg_ssl_in_use(&plain).await.unwrap(), Some(0));
+    let required = AgentDir::new(&source("127.0.0.1", "require", None), extract, FIELDS, 10);
+    assert_eq!(pg_ssl_in_use(&required).await.unwrap(), Some(1));
+    let verified_ca = AgentDir::new(
+        &source("127.0.0.1", "require", Some(snakeoil)),
+        extract,
+        FIELDS,
+        10,
+    );
+    assert_eq!(pg_ssl_in_use(&verified_ca).await.unwrap(), Some(1));
+    let full = AgentDir::new(
+        &source("localhost", "verify-full", Some(snakeoil)),
+        extract,
+        FIELDS,
+        10,
+    );
+    assert_eq!(pg_ssl_in_use(&full).await.unwrap(), Some(1));
+
+    // verify-full to an address the certificate does not name.
+    let wrong_host = AgentDir::new(
+        &source("127.0.0.1", "verify-full", Some(snakeoil)),
+        extract,
+        FIELDS,
+        10,
+    );
+    let e = pg_ssl_in_use(&wrong_host).await.unwrap_err().to_string();
+    assert!(
+        e.contains("connector units") && e.contains("cannot open source"),
+        "{e}"
+    );
+
+    // A CA that did not sign the server's certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other extranet CA",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("k.pem"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let foreign = AgentDir::new(
+        &source("localhost", "verify-full", Some(&other_ca)),
+        extract,
+        FIELDS,
+        10,
+    );
+    let e = pg_ssl_in_use(&foreign).await.unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.to_lowercase().contains("certificate") || text.contains("UnknownIssuer"),
+        "{text}"
+    );
+    assert!(
+        !e.is_retryable(),
+        "an untrusted certificate is not retried: {text}"
+    );
+    db.drop_db().await;
+}
+
+/// `query_timeout` cancels a query that runs too long, with an error naming the connector;
+/// outside its `window` a connector is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_timeout_and_window() {
+    for kind in KINDS {
+        let db = TestDb::create(kind).await;
+        units_table(&db).await;
+        insert_units(&db, 1..3, "2024-06-01 10:00:00").await;
+        let sleep = match kind {
+            DbKind::Postgres => "SELECT t.*, pg_sleep(3) AS z FROM t",
+            // (SLEEP() interrupted by max_statement_time just returns 1; a real long query
+            // is cancelled with an error.)
+            DbKind::Mysql => {
+                "SELECT t.* FROM t WHERE (SELECT count(*) FROM information_schema.columns a, information_schema.columns b, information_schema.columns c) > 0"
+            }
+        };
+        let agent = AgentDir::new(
+            &db.source_toml(),
+            &format!(
+                "query = \"{sleep}\"\nkey = \"id\"\nmode = \"incrementing\"\ncolumn = \"id\"\nquery_timeout = \"1s\""
+            ),
+            FIELDS,
+            10,
+        );
+        let started = std::time::Instant::now();
+        let a = agent.agent().await;
+        let summary = fepd::pipeline::run_once(&a).await.unwrap();
+        assert_eq!(
+            summary.failures.len(),
+            1,
+            "{kind:?}: the slow query must fail"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{kind:?}: cancelled after about 1 s"
+        );
+        let text = summary.failures[0].1.to_string();
+        assert!(text.contains("connector units"), "{kind:?}: {text}");
+
+        // A window that is not now: skipped, nothing read.
+        let now = chrono::Utc::now()
+            .with_timezone(&chrono_tz::Asia::Shanghai)
+            .time();
+        let start = now + chrono::Duration::hours(2);
+        let end = now + chrono::Duration::hours(3);
+        let window = format!("{}-{}", start.format("%H:%M"), end.format("%H:%M"));
+        let agent = AgentDir::new(
+            &db.source_toml(),
+            &format!(
+                "table = \"t\"\nkey = \"id\"\nmode = \"incrementing\"\ncolumn = \"id\"\nwindow = \"{window}\""
+            ),
+            FIELDS,
+            10,
+        );
+        let (summary, delivered) = agent.pass().await;
+        assert!(
+            summary.passes.is_empty() && delivered.is_empty(),
+            "{kind:?}: outside its window"
+        );
+        db.drop_db().await;
+    }
+}

@@ -37,10 +37,19 @@ pub struct PostgresSource {
 /// Connection errors worth retrying (the server is down, restarting, or unreachable).
 pub(super) fn sqlx_retryable(e: &sqlx::Error) -> bool {
     match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
+        // A certificate or protocol problem will not go away by itself.
+        sqlx::Error::Io(io) => {
+            let text = io.to_string().to_lowercase();
+            !(matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData
+                    | std::io::ErrorKind::InvalidInput
+                    | std::io::ErrorKind::PermissionDenied
+            ) || text.contains("certificate")
+                || text.contains("handshake"))
+        }
+        sqlx::Error::Tls(_) => false,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(d) => {
             // 08xxx connection exceptions, 57P0x operator intervention (shutdown, restart),
             // 53xxx insufficient resources, 40001/40P01 serialisation failure and deadlock.
