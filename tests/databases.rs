@@ -662,3 +662,112 @@ async fn query_timeout_and_window() {
         db.drop_db().await;
     }
 }
+
+/// Replaces a catalogue profile's `[source]` section by one for a test database.
+fn profile_on(profile: &str, db: &TestDb) -> String {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("connectors")
+            .join(profile),
+    )
+    .unwrap();
+    let start = text.find("[source]\n").unwrap();
+    let end = start + text[start..].find("\n[extract]").unwrap();
+    format!(
+        "{}[source]\n{}\n{}",
+        &text[..start],
+        db.source_toml(),
+        &text[end..]
+    )
+}
+
+/// The PostgreSQL and MySQL profiles of the catalogue, each previewed against a fixture
+/// schema shaped like the system it is for: a good row maps, a bad one is rejected with
+/// its reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_catalogue_profiles_preview_against_fixture_schemas() {
+    let pg = TestDb::create(DbKind::Postgres).await;
+    pg.exec(
+        "CREATE SCHEMA yktxt;
+         CREATE TABLE yktxt.bt_ffmx (ffbh VARCHAR(20) PRIMARY KEY, btxmdm VARCHAR(20), xm VARCHAR(40), sfzh CHAR(18), cjqhdm VARCHAR(12),
+           yktzh VARCHAR(32), ffje NUMERIC(14,2), ffrq DATE, ffqj VARCHAR(7), bzbz VARCHAR(100), gxsj TIMESTAMP(6) NOT NULL);
+         INSERT INTO yktxt.bt_ffmx VALUES
+           ('FF2024000001', ' xm-2024-01', '张三', '11010519491231002x', '430124101201', '6217-0000-1111-2222', 1200.50, '2024-03-05', '2024-03', '每人每月100元', '2024-03-05 10:00:00'),
+           ('FF2024000002', 'XM-2024-01', '', '110105194912310021', '430225101201', '6217000011112222', 100.00, '2024-03-05', '2024-03', NULL, '2024-03-05 10:00:01')",
+    )
+    .await;
+    let my = TestDb::create(DbKind::Mysql).await;
+    my.exec(
+        "CREATE TABLE cw_pzfl (id INTEGER PRIMARY KEY, cun_dm VARCHAR(12), kjnd INTEGER, pzh VARCHAR(20), jzrq DATE, szfx VARCHAR(4),
+           kmdm VARCHAR(10), zy VARCHAR(200), je DECIMAL(14,2), dfdw VARCHAR(100), xgsj DATETIME(6) NOT NULL);
+         INSERT INTO cw_pzfl VALUES
+           (1, '430124101201', 2024, '记-012', '2024-05-06', '支出', '541', '办公费用', 1234.50, '某建材店', '2024-05-06 09:00:00'),
+           (2, '430124101201', 2024, '记-013', '2024-05-07', '转账', '999', '办公费用', 10.00, NULL, '2024-05-06 09:00:01')",
+    )
+    .await;
+    // SAFETY: constant values, set before the profiles are loaded.
+    unsafe {
+        std::env::set_var("FEPD_ONECARD_DB_PASSWORD", "unused");
+        std::env::set_var("FEPD_VILLAGE_DB_PASSWORD", "unused");
+    }
+    for (profile, db) in [
+        ("postgres-onecard-subsidy.toml", &pg),
+        ("mysql-village-accounting.toml", &my),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(profile);
+        std::fs::write(&path, profile_on(profile, db)).unwrap();
+        let c = fepd::config::load_connector(&path, false)
+            .unwrap_or_else(|e| panic!("{profile}: {e:?}"));
+        let agent = AgentDir::new(
+            &db.source_toml(),
+            "table = \"x\"\nkey = \"id\"\nmode = \"snapshot\"",
+            FIELDS,
+            10,
+        );
+        let config = agent.load();
+        let results = fepd::pipeline::preview(&config, &c, 10)
+            .await
+            .unwrap_or_else(|e| panic!("{profile}: {e}"));
+        assert_eq!(results.len(), 2, "{profile}");
+        let good = results[0]
+            .as_ref()
+            .unwrap_or_else(|r| panic!("{profile}: {:?}", r.reasons));
+        let data: serde_json::Value = serde_json::from_slice(&good.data).unwrap();
+        let bad = results[1].as_ref().expect_err("second row is bad");
+        let rules: Vec<&str> = bad.reasons.iter().map(|r| r.rule.as_str()).collect();
+        match c.record_type.as_str() {
+            "individual_subsidy" => {
+                assert_eq!(data["project_code"], "XM-2024-01");
+                assert_eq!(data["id_number"], "11010519491231002X");
+                assert_eq!(data["bank_account"], "6217000011112222");
+                assert_eq!(data["amount"], "1200.50");
+                assert_eq!(
+                    rules,
+                    [
+                        "idcard.check_char",
+                        "required.missing",
+                        "region.outside_agent"
+                    ],
+                    "{:?}",
+                    bad.reasons
+                );
+            }
+            "village_finance" => {
+                assert_eq!(data["entry_code"], "430124101201-2024-1");
+                assert_eq!(data["direction"], "expense");
+                assert_eq!(data["subject_code"], "5401");
+                assert_eq!(data["amount"], "1234.50");
+                assert_eq!(
+                    rules,
+                    ["enum.unknown", "code_table.unknown"],
+                    "{:?}",
+                    bad.reasons
+                );
+            }
+            other => panic!("{other}"),
+        }
+    }
+    pg.drop_db().await;
+    my.drop_db().await;
+}
