@@ -77,7 +77,7 @@ signing_key = "signing.key"
 type = "dir"
 path = "outbox"
 [spool]
-batch_size = 2000
+batch_size = 5000
 TOML
     cat > "$dir/connectors.d/subsidy.toml" <<TOML
 name = "subsidy"

@@ -179,7 +179,7 @@ fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

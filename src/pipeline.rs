@@ -332,7 +332,7 @@ pub async fn run_pass_with_progress(
     let start = start_of_pass(c, state.cursor.as_ref());
     tracing::info!(connector = %c.name, mode = c.extract.mode.name(), start = ?start, "pass starting");
 
-    let (tx, rx) = mpsc::channel::<Chunk>(2);
+    let (tx, rx) = mpsc::channel::<Chunk>(1);
     let writer = Writer {
         spool: agent.spool.clone(),
         builder: BatchBuilder {
@@ -592,7 +592,7 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Chunk>) -> Result<Writer, PassError> {
         // Committing (compress, write, fsync) runs as a stage of its own, so the next batch is
         // built while the previous one is made durable.
-        let (tx, commits) = mpsc::channel::<PendingCommit>(2);
+        let (tx, commits) = mpsc::channel::<PendingCommit>(1);
         let committer = tokio::spawn(committer(
             self.spool.clone(),
             self.builder.connector.clone(),

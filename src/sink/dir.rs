@@ -106,23 +106,18 @@ impl Sink for DirSink {
 
     fn deliver<'a>(&'a self, batch: &'a StoredBatch) -> BoxFuture<'a, Result<(), SinkError>> {
         Box::pin(async move {
-            // File I/O with fsync blocks; keep it off the async workers.
-            let this = DirSink {
-                path: self.path.clone(),
+            // File I/O with fsync blocks: tell the runtime, rather than copying the batch
+            // into a blocking task.
+            let written = match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => {
+                    tokio::task::block_in_place(|| self.write(batch))
+                }
+                _ => self.write(batch),
             };
-            let batch = batch.clone();
-            let result = tokio::task::spawn_blocking(move || this.write(&batch)).await;
-            match result {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(SinkError::Io {
-                    sink: self.describe(),
-                    message: e.to_string(),
-                }),
-                Err(e) => Err(SinkError::Io {
-                    sink: self.describe(),
-                    message: format!("writer task failed: {e}"),
-                }),
-            }
+            written.map_err(|e| SinkError::Io {
+                sink: self.describe(),
+                message: e.to_string(),
+            })
         })
     }
 }

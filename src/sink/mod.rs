@@ -62,7 +62,7 @@ pub async fn deliver_pending(spool: &Spool, sink: &dyn Sink) -> Result<Delivered
     let mut done = Delivered::default();
     loop {
         // A few batches at a time: bodies are held in memory while delivered.
-        let batches = spool.pending(8).await?;
+        let batches = spool.pending(2).await?;
         if batches.is_empty() {
             return Ok(done);
         }
