@@ -4,105 +4,57 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::ops::Deref;
 
+use common::AgentDir;
 use fepd::config::AgentConfig;
-use fepd::pipeline::{Agent, RunSummary, run_once};
+use fepd::pipeline::run_once;
 use rusqlite::Connection;
 
+/// An agent directory (see [`AgentDir`]) over a legacy SQLite database created by `schema`.
 struct Fixture {
-    dir: tempfile::TempDir,
+    agent: AgentDir,
+}
+
+impl Deref for Fixture {
+    type Target = AgentDir;
+
+    fn deref(&self) -> &AgentDir {
+        &self.agent
+    }
 }
 
 impl Fixture {
-    /// An agent directory with a legacy database created by `schema`, and one connector
-    /// (record type poverty_assessment) with the given `[extract]` body and field mapping.
     fn new(schema: &str, extract: &str, fields: &str, batch_size: usize) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        Connection::open(dir.path().join("legacy.db"))
+        let agent = AgentDir::new(
+            "driver = \"sqlite\"\npath = \"../legacy.db\"",
+            extract,
+            fields,
+            batch_size,
+        );
+        Connection::open(agent.path().join("legacy.db"))
             .unwrap()
             .execute_batch(schema)
             .unwrap();
-        std::fs::create_dir_all(dir.path().join("connectors.d")).unwrap();
-        std::fs::write(
-            dir.path().join("fepd.toml"),
-            format!(
-                "agent_id = \"t\"\nregion_code = \"430124\"\nstate_dir = \"state\"\nsigning_key = \"key\"\n\
-                 [sink]\ntype = \"dir\"\npath = \"outbox\"\n[spool]\nbatch_size = {batch_size}\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.path().join("connectors.d/units.toml"),
-            format!(
-                "record_type = \"poverty_assessment\"\n[source]\ndriver = \"sqlite\"\npath = \"../legacy.db\"\n\
-                 [extract]\n{extract}\n[fields]\n{fields}\n"
-            ),
-        )
-        .unwrap();
-        fepd::keys::generate_signing_key(&dir.path().join("key")).unwrap();
-        Fixture { dir }
+        Fixture { agent }
     }
 
     fn db(&self) -> Connection {
-        Connection::open(self.dir.path().join("legacy.db")).unwrap()
+        Connection::open(self.agent.path().join("legacy.db")).unwrap()
     }
 
-    fn config(&self) -> PathBuf {
-        self.dir.path().join("fepd.toml")
+    fn config(&self) -> std::path::PathBuf {
+        self.agent.config_path()
     }
 
-    async fn agent(&self) -> Agent {
-        Agent::open(AgentConfig::load(&self.config()).unwrap_or_else(|e| panic!("{e}")))
-            .await
-            .unwrap()
-    }
-
-    /// One pass with a fresh agent (as after a restart); returns the records it delivered.
-    async fn pass(&self) -> (RunSummary, Vec<common::Delivered>) {
-        let before = self.delivered().len();
-        let agent = self.agent().await;
-        let summary = run_once(&agent).await.unwrap();
-        assert!(summary.failures.is_empty(), "{:?}", summary.failures);
-        let all = self.delivered();
-        (summary, all[before..].to_vec())
-    }
-
-    /// A pass asked to stop before it starts: it reads one chunk, commits it and returns
-    /// (delivery is left to the next pass), like a restart in the middle of a pass.
-    async fn interrupted_pass(&self) -> fepd::pipeline::PassStats {
-        let agent = self.agent().await;
-        agent.stop.request();
-        let notify = std::sync::Arc::new(tokio::sync::Notify::new());
-        fepd::pipeline::run_pass(&agent, &agent.config.connectors[0], &notify)
-            .await
-            .unwrap()
-    }
-
-    fn delivered(&self) -> Vec<common::Delivered> {
-        let outbox = self.dir.path().join("outbox");
-        if !outbox.exists() {
-            return Vec::new();
-        }
-        let all = common::read_outbox(&outbox)
-            .remove("units")
-            .unwrap_or_default();
-        common::assert_contiguous(&all);
-        all
-    }
-
-    fn outbox(&self) -> PathBuf {
-        self.dir.path().join("outbox")
+    fn outbox(&self) -> std::path::PathBuf {
+        self.agent.path().join("outbox")
     }
 }
 
 const FIELDS: &str = "unit_name = \"unit\"\nyear = \"yr\"\nresult = \"res\"";
 
-fn keys(records: &[common::Delivered]) -> Vec<String> {
-    let mut k: Vec<String> = records.iter().map(|r| r.source_key.clone()).collect();
-    k.sort();
-    k
-}
+use common::keys_of as keys;
 
 fn insert_units(db: &Connection, ids: std::ops::Range<i64>, ts: &str) {
     let tx = db.unchecked_transaction().unwrap();
@@ -226,7 +178,7 @@ async fn thousands_of_rows_sharing_one_timestamp_across_batches_and_a_restart() 
     assert_eq!(late.len(), 10);
     let (_, none) = f.pass().await;
     assert!(none.is_empty());
-    let key = fepd::keys::load_signing_key(&f.dir.path().join("key"))
+    let key = fepd::keys::load_signing_key(&f.agent.path().join("key"))
         .unwrap()
         .verifying_key();
     assert!(fepd::verify::verify_dir(&f.outbox(), &key).unwrap().ok());
@@ -393,7 +345,7 @@ fn missing_database_is_a_clear_error() {
         FIELDS,
         10,
     );
-    std::fs::remove_file(f.dir.path().join("legacy.db")).unwrap();
+    std::fs::remove_file(f.agent.path().join("legacy.db")).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let config = AgentConfig::load(&f.config()).unwrap();
     let err = rt
@@ -406,7 +358,6 @@ fn missing_database_is_a_clear_error() {
             && text.contains("[source] path"),
         "{text}"
     );
-    let _ = Path::new("");
 }
 
 /// A snapshot pass that fails (here: the table is gone) must not turn every key into a

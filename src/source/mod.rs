@@ -173,6 +173,38 @@ where
     .boxed()
 }
 
+/// Decodes every cell of a row from a sqlx driver with that driver's `decode_cell`, naming
+/// the column when a cell cannot be decoded.
+fn decode_sqlx_row<R: sqlx::Row>(
+    connector: &str,
+    row: &R,
+    raw_text: bool,
+    decode_cell: impl for<'v> Fn(
+        <R::Database as sqlx::Database>::ValueRef<'v>,
+        bool,
+    ) -> Result<Value, String>,
+) -> Result<Row, SourceError>
+where
+    usize: sqlx::ColumnIndex<R>,
+{
+    use sqlx::Column as _;
+    let mut out = Vec::with_capacity(row.len());
+    for i in 0..row.len() {
+        let fail = |message: String| SourceError::Decode {
+            connector: connector.to_string(),
+            column: row
+                .columns()
+                .get(i)
+                .map(|c| c.name().to_string())
+                .unwrap_or_else(|| format!("#{i}")),
+            message,
+        };
+        let raw = row.try_get_raw(i).map_err(|e| fail(e.to_string()))?;
+        out.push(decode_cell(raw, raw_text).map_err(fail)?);
+    }
+    Ok(out)
+}
+
 /// Opens the driver named by the connector's `[source]`.
 pub async fn open(connector: &ConnectorConfig) -> Result<Box<dyn SourceDriver>, SourceError> {
     let raw_text = connector.extract.encoding != encoding_rs::UTF_8;

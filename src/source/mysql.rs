@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use sqlx::mysql::{
     MySql, MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow, MySqlSslMode, MySqlValueRef,
 };
-use sqlx::{AssertSqlSafe, Column as _, Decode, Row as _, TypeInfo as _, ValueRef as _};
+use sqlx::{AssertSqlSafe, Decode, Row as _, TypeInfo as _, ValueRef as _};
 
 use super::postgres::sqlx_retryable;
 use super::{Dialect, Row, RowStream, SelectQuery, SourceDriver, SourceError};
@@ -126,17 +126,7 @@ impl MysqlSource {
     }
 
     fn decode(&self, row: &MySqlRow) -> Result<Row, SourceError> {
-        let mut out = Vec::with_capacity(row.len());
-        for i in 0..row.len() {
-            let raw = row.try_get_raw(i).map_err(|e| self.query_error(e))?;
-            let v = decode_cell(raw, self.raw_text).map_err(|message| SourceError::Decode {
-                connector: self.connector.clone(),
-                column: row.columns()[i].name().to_string(),
-                message,
-            })?;
-            out.push(v);
-        }
-        Ok(out)
+        super::decode_sqlx_row(&self.connector, row, self.raw_text, decode_cell)
     }
 }
 

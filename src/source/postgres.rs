@@ -10,7 +10,7 @@
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow, PgSslMode, PgValueRef};
-use sqlx::{AssertSqlSafe, Column as _, Decode, Postgres, Row as _, TypeInfo as _, ValueRef as _};
+use sqlx::{AssertSqlSafe, Decode, Postgres, Row as _, TypeInfo as _, ValueRef as _};
 
 use super::{Dialect, Row, RowStream, SelectQuery, SourceDriver, SourceError};
 use crate::config::{NetSource, TlsMode};
@@ -134,17 +134,7 @@ impl PostgresSource {
     }
 
     fn decode(&self, row: &PgRow) -> Result<Row, SourceError> {
-        let mut out = Vec::with_capacity(row.len());
-        for i in 0..row.len() {
-            let raw = row.try_get_raw(i).map_err(|e| self.query_error(e))?;
-            let v = decode_cell(raw, self.raw_text).map_err(|message| SourceError::Decode {
-                connector: self.connector.clone(),
-                column: row.columns()[i].name().to_string(),
-                message,
-            })?;
-            out.push(v);
-        }
-        Ok(out)
+        super::decode_sqlx_row(&self.connector, row, self.raw_text, decode_cell)
     }
 }
 
