@@ -406,6 +406,9 @@ async fn run_demo(dir: &Path, rows: usize, reset: bool, mutate: bool) -> Result<
     let config = load(&config_path)?;
     let outbox = match &config.sink {
         SinkConfig::Dir { path } => path.clone(),
+        SinkConfig::Amqp(_) => {
+            bail!("the demo writes to a dir sink; its fepd.toml was changed to another sink")
+        }
     };
     let agent = Agent::open(config).await?;
     let rejects_before = agent.spool.max_reject_id().await?;
@@ -502,6 +505,13 @@ async fn check(config: &Path) -> Result<ExitCode> {
         }
     }
     match &config.sink {
+        SinkConfig::Amqp(a) => {
+            let sink = crate::sink::amqp::AmqpSink::new(a.clone())?;
+            println!(
+                "sink {}: configured (delivery connects on demand)",
+                crate::sink::Sink::describe(&sink)
+            );
+        }
         SinkConfig::Dir { path } => match probe_writable(path) {
             Ok(()) => println!("sink dir {}: OK (writable)", path.display()),
             Err(e) => {

@@ -122,6 +122,24 @@ impl AgentConfig {
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Dir { path: PathBuf },
+    Amqp(AmqpSinkConfig),
+}
+
+/// The platform's RabbitMQ.
+#[derive(Debug, Clone)]
+pub struct AmqpSinkConfig {
+    /// Broker URLs (`amqp://host:5672/vhost`, `amqps://…`), tried in turn. Without user
+    /// information: credentials come from `user` and `password`.
+    pub urls: Vec<String>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// CA bundle for `amqps://` (the extranet's own CA).
+    pub ca_file: Option<PathBuf>,
+    pub exchange: String,
+    /// Only check that the exchange exists (for brokers where agents may not declare).
+    pub passive: bool,
+    pub connect_timeout: Duration,
+    pub heartbeat: Duration,
 }
 
 /// How batches are compressed on the wire (and in the spool).
@@ -365,6 +383,21 @@ struct AgentFile {
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum SinkFile {
     Dir { path: PathBuf },
+    Amqp(AmqpSinkFile),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmqpSinkFile {
+    urls: Vec<String>,
+    user: Option<String>,
+    password: Option<SecretRef>,
+    ca_file: Option<PathBuf>,
+    exchange: Option<String>,
+    #[serde(default)]
+    passive: bool,
+    connect_timeout: Option<String>,
+    heartbeat: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -500,6 +533,9 @@ impl AgentConfig {
         };
         let sink = match file.sink {
             SinkFile::Dir { path: p } => SinkConfig::Dir { path: base.join(p) },
+            SinkFile::Amqp(a) => {
+                SinkConfig::Amqp(amqp_sink(path, base, a, resolve_secrets, &mut errors))
+            }
         };
         let spool = SpoolConfig {
             batch_size: match file.spool.batch_size {
@@ -736,6 +772,107 @@ fn load_connector_with(
             code_tables,
         }),
         _ => Err(errors),
+    }
+}
+
+fn amqp_sink(
+    path: &Path,
+    base: &Path,
+    a: AmqpSinkFile,
+    resolve_secrets: bool,
+    errors: &mut Vec<ConfigError>,
+) -> AmqpSinkConfig {
+    if a.urls.is_empty() {
+        errors.push(
+            ConfigError::new(path, "sink.urls", "at least one broker URL is needed")
+                .hint("e.g. urls = [\"amqps://mq.example.gov.cn:5671/fep\"]"),
+        );
+    }
+    for u in &a.urls {
+        let scheme_ok = u.starts_with("amqp://") || u.starts_with("amqps://");
+        let authority = u
+            .split_once("://")
+            .map(|(_, rest)| rest.split('/').next().unwrap_or_default())
+            .unwrap_or_default();
+        if !scheme_ok {
+            errors.push(ConfigError::new(
+                path,
+                "sink.urls",
+                format!("`{}` is not an amqp:// or amqps:// URL", redact_url(u)),
+            ));
+        } else if authority.contains('@') {
+            errors.push(
+                ConfigError::new(path, "sink.urls", format!("`{}` carries credentials", redact_url(u)))
+                    .hint("put the user in `user` and the password in `password = { env = … }`, never in the URL"),
+            );
+        }
+    }
+    let password = match &a.password {
+        Some(r) if resolve_secrets => match r.resolve() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                errors.push(ConfigError::new(
+                    path,
+                    "sink.password",
+                    format!("{e} ({})", r.describe()),
+                ));
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some(ca) = &a.ca_file
+        && !base.join(ca).is_file()
+    {
+        errors.push(ConfigError::new(
+            path,
+            "sink.ca_file",
+            format!("{} does not exist", base.join(ca).display()),
+        ));
+    }
+    let duration = |key: &str, v: Option<&str>, default: u64, errors: &mut Vec<ConfigError>| match v
+        .map(parse_duration)
+    {
+        None => Duration::from_secs(default),
+        Some(Ok(d)) => d,
+        Some(Err(e)) => {
+            errors.push(ConfigError::new(path, key, e));
+            Duration::from_secs(default)
+        }
+    };
+    AmqpSinkConfig {
+        urls: a.urls,
+        user: a.user,
+        password,
+        ca_file: a.ca_file.map(|c| base.join(c)),
+        exchange: a
+            .exchange
+            .unwrap_or_else(|| crate::envelope::RECORDS_EXCHANGE.to_string()),
+        passive: a.passive,
+        connect_timeout: duration(
+            "sink.connect_timeout",
+            a.connect_timeout.as_deref(),
+            10,
+            errors,
+        ),
+        heartbeat: duration("sink.heartbeat", a.heartbeat.as_deref(), 30, errors),
+    }
+}
+
+/// A URL with any user information replaced by `***`, safe to print.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = match rest.find('/') {
+                Some(i) => rest.split_at(i),
+                None => (rest, ""),
+            };
+            match authority.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+                None => url.to_string(),
+            }
+        }
+        None => url.to_string(),
     }
 }
 

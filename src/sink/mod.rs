@@ -3,6 +3,7 @@
 //! the AMQP sink: confirmed by the broker). A failed delivery leaves the batch in the
 //! spool to be retried; a sink must therefore accept the same batch twice harmlessly.
 
+pub mod amqp;
 pub mod dir;
 
 use futures_util::future::BoxFuture;
@@ -47,6 +48,7 @@ pub trait Sink: Send + Sync {
 pub fn build(config: &AgentConfig) -> Result<Arc<dyn Sink>, SinkError> {
     match &config.sink {
         SinkConfig::Dir { path } => Ok(Arc::new(dir::DirSink::new(path.clone())?)),
+        SinkConfig::Amqp(a) => Ok(Arc::new(amqp::AmqpSink::new(a.clone())?)),
     }
 }
 
