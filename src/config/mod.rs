@@ -919,10 +919,6 @@ fn net_source(
             format!("{} does not exist", base.join(ca).display()),
         ));
     }
-    if tls == TlsMode::VerifyFull && n.ca_file.is_none() {
-        // The system roots will be used; fine, but worth knowing on an extranet.
-        tracing::debug!(file = %path.display(), "tls = verify-full without ca_file: using the system roots");
-    }
     let connect_timeout = match n.connect_timeout.as_deref().map(parse_duration) {
         None => Duration::from_secs(10),
         Some(Ok(d)) => d,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, ConnectOptions as _, Row as _};
+use sqlx::{ConnectOptions as _, Row as _};
 
 use crate::config::Compression;
 use crate::envelope::{BatchMeta, BuiltBatch, Chain};
@@ -327,18 +327,6 @@ impl Spool {
         })
     }
 
-    /// Forgets a connector's cursor so the next pass starts from the beginning (or its
-    /// `start_from`); the chain and row hashes stay, so nothing already delivered is sent
-    /// again unless it changed.
-    pub async fn reset_cursor(&self, connector: &str) -> Result<(), SpoolError> {
-        sqlx::query("UPDATE connector_state SET cursor = NULL WHERE connector = ?1")
-            .bind(connector)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
     /// The stored content hashes of these keys.
     pub async fn row_hashes(
         &self,
@@ -484,40 +472,14 @@ impl Spool {
 
     /// Undelivered batches in sequence order per connector, at most `limit`.
     pub async fn pending(&self, limit: i64) -> Result<Vec<StoredBatch>, SpoolError> {
-        self.batches_where("delivered_at IS NULL", None, limit)
-            .await
-    }
-
-    /// Batches of a connector from `from_seq` on, delivered or not (for replay).
-    pub async fn batches_from(
-        &self,
-        connector: &str,
-        from_seq: i64,
-        limit: i64,
-    ) -> Result<Vec<StoredBatch>, SpoolError> {
-        self.batches_where(
-            "connector = ?2 AND last_seq >= ?3",
-            Some((connector, from_seq)),
-            limit,
-        )
-        .await
-    }
-
-    async fn batches_where(
-        &self,
-        condition: &'static str,
-        by: Option<(&str, i64)>,
-        limit: i64,
-    ) -> Result<Vec<StoredBatch>, SpoolError> {
-        let sql = format!(
+        let rows = sqlx::query(
             "SELECT connector, first_seq, last_seq, record_type, count, prev_hash, head_hash, signature, compression, region6, created_at, body, agent \
-             FROM batches WHERE {condition} ORDER BY connector, first_seq LIMIT ?1"
-        );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).bind(limit);
-        if let Some((c, s)) = by {
-            q = q.bind(c.to_string()).bind(s);
-        }
-        let rows = q.fetch_all(&self.pool).await.map_err(|e| self.err(e))?;
+             FROM batches WHERE delivered_at IS NULL ORDER BY connector, first_seq LIMIT ?1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
         Ok(rows
             .into_iter()
             .map(|r| StoredBatch {
