@@ -269,6 +269,7 @@ async fn deliver_until_done(
 }
 
 /// A chunk of mapped rows handed from the reader to the writer.
+#[derive(Default)]
 struct Chunk {
     mapped: Vec<Mapped>,
     /// Timestamp mode: each mapped row's timestamp, parallel to `mapped`.
@@ -377,13 +378,15 @@ pub async fn run_pass_with_progress(
             let query = build_query(driver.dialect(), c, &layout, &start, None);
             tracing::debug!(connector = %c.name, sql = %query.sql, "source query");
             let mut rows = driver.rows(&query);
-            let mut chunk = Chunk {
-                mapped: Vec::new(),
-                row_ts: Vec::new(),
-                rejects: Vec::new(),
-                cursor: None,
-            };
+            let mut chunk = Chunk::default();
             let mut last_cursor = state.cursor.clone();
+            let mut last_row: Option<Row> = None;
+            // A row whose cursor column is NULL does not move the cursor back to nothing.
+            let advance = |cursor: &mut Option<CursorState>, row: Option<&Row>| {
+                if let Some(next) = row.and_then(|r| cursor_after(c, &layout, r, generation)) {
+                    *cursor = Some(next);
+                }
+            };
             loop {
                 // `query_timeout` bounds every wait on the source, whatever the driver does
                 // on the server side (statement_timeout, max_statement_time).
@@ -405,9 +408,6 @@ pub async fn run_pass_with_progress(
                 let Some(row) = next else { break };
                 let row = row?;
                 rows_read += 1;
-                if let Some(cur) = cursor_after(c, &layout, &row, generation) {
-                    last_cursor = Some(cur);
-                }
                 match mapper.map(&row) {
                     Ok(m) => {
                         chunk.mapped.push(m);
@@ -422,17 +422,13 @@ pub async fn run_pass_with_progress(
                     }
                     Err(r) => chunk.rejects.push(r),
                 }
+                // The cursor is needed once per chunk, after its last row: keep that row
+                // rather than building a cursor for every row.
+                last_row = Some(row);
                 if chunk.mapped.len() + chunk.rejects.len() >= agent.config.spool.batch_size {
+                    advance(&mut last_cursor, last_row.as_ref());
                     chunk.cursor = last_cursor.clone();
-                    let full = std::mem::replace(
-                        &mut chunk,
-                        Chunk {
-                            mapped: Vec::new(),
-                            row_ts: Vec::new(),
-                            rejects: Vec::new(),
-                            cursor: None,
-                        },
-                    );
+                    let full = std::mem::take(&mut chunk);
                     if tx.send(full).await.is_err() || agent.stop.is_requested() || !in_window(c) {
                         complete = false;
                         break;
@@ -451,6 +447,7 @@ pub async fn run_pass_with_progress(
                 }
             }
             if !chunk.mapped.is_empty() || !chunk.rejects.is_empty() {
+                advance(&mut last_cursor, last_row.as_ref());
                 chunk.cursor = last_cursor.clone();
                 let _ = tx.send(chunk).await;
             }

@@ -205,6 +205,12 @@ where
     Ok(out)
 }
 
+/// A column type's name as one of the driver's `known` names, without allocating (this
+/// runs for every cell); `None` for a type the driver has no special case for.
+fn known_type(name: &str, known: &'static [&'static str]) -> Option<&'static str> {
+    known.iter().copied().find(|k| *k == name)
+}
+
 /// Opens the driver named by the connector's `[source]`.
 pub async fn open(connector: &ConnectorConfig) -> Result<Box<dyn SourceDriver>, SourceError> {
     let raw_text = connector.extract.encoding != encoding_rs::UTF_8;

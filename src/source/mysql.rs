@@ -149,50 +149,85 @@ fn dec<'r, T: Decode<'r, MySql>>(v: MySqlValueRef<'r>) -> Result<T, String> {
     T::decode(v).map_err(|e| e.to_string())
 }
 
+/// The types `decode_cell` handles by name; every other type is text.
+const MYSQL_TYPES: &[&str] = &[
+    "BOOLEAN",
+    "TINYINT",
+    "SMALLINT",
+    "INT",
+    "MEDIUMINT",
+    "BIGINT",
+    "YEAR",
+    "TINYINT UNSIGNED",
+    "SMALLINT UNSIGNED",
+    "INT UNSIGNED",
+    "MEDIUMINT UNSIGNED",
+    "BIGINT UNSIGNED",
+    "FLOAT",
+    "DOUBLE",
+    "DECIMAL",
+    "DATE",
+    "DATETIME",
+    "TIMESTAMP",
+    "TIME",
+    "BINARY",
+    "VARBINARY",
+    "TINYBLOB",
+    "BLOB",
+    "MEDIUMBLOB",
+    "LONGBLOB",
+    "BIT",
+    "GEOMETRY",
+];
+
 fn decode_cell(v: MySqlValueRef<'_>, raw_text: bool) -> Result<Value, String> {
     if v.is_null() {
         return Ok(Value::Null);
     }
-    let type_name = v.type_info().name().to_string();
-    Ok(match type_name.as_str() {
-        "BOOLEAN" | "TINYINT" | "SMALLINT" | "INT" | "MEDIUMINT" | "BIGINT" | "YEAR"
-        | "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "INT UNSIGNED" | "MEDIUMINT UNSIGNED" => {
-            Value::Int(dec(v)?)
-        }
-        "BIGINT UNSIGNED" => {
-            let u: u64 = dec(v)?;
-            match i64::try_from(u) {
-                Ok(i) => Value::Int(i),
-                Err(_) => Value::Decimal(rust_decimal::Decimal::from(u)),
+    Ok(
+        match super::known_type(v.type_info().name(), MYSQL_TYPES).unwrap_or_default() {
+            "BOOLEAN" | "TINYINT" | "SMALLINT" | "INT" | "MEDIUMINT" | "BIGINT" | "YEAR"
+            | "TINYINT UNSIGNED" | "SMALLINT UNSIGNED" | "INT UNSIGNED" | "MEDIUMINT UNSIGNED" => {
+                Value::Int(dec(v)?)
             }
-        }
-        "FLOAT" => Value::Float(f64::from(dec::<f32>(v)?)),
-        "DOUBLE" => Value::Float(dec(v)?),
-        "DECIMAL" => {
-            let text = String::from_utf8(dec::<&[u8]>(v)?.to_vec()).map_err(|e| e.to_string())?;
-            match rust_decimal::Decimal::from_str_exact(&text) {
-                Ok(d) => Value::Decimal(d),
-                Err(_) => Value::Text(text),
+            "BIGINT UNSIGNED" => {
+                let u: u64 = dec(v)?;
+                match i64::try_from(u) {
+                    Ok(i) => Value::Int(i),
+                    Err(_) => Value::Decimal(rust_decimal::Decimal::from(u)),
+                }
             }
-        }
-        "DATE" => Value::Date(dec(v)?),
-        "DATETIME" => Value::DateTime(dec(v)?),
-        "TIMESTAMP" => Value::DateTimeTz(dec::<chrono::DateTime<chrono::Utc>>(v)?.fixed_offset()),
-        "TIME" => Value::Text(dec::<chrono::NaiveTime>(v)?.to_string()),
-        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT"
-        | "GEOMETRY" => {
-            // With `SET NAMES binary` every text column arrives flagged binary: raw text.
-            Value::Bytes(dec::<&[u8]>(v)?.to_vec())
-        }
-        _ => {
-            // CHAR, VARCHAR, TEXT, ENUM, SET, JSON: text converted by the server.
-            let bytes: &[u8] = dec(v)?;
-            match (raw_text, std::str::from_utf8(bytes)) {
-                (false, Ok(s)) => Value::Text(s.to_string()),
-                _ => Value::Bytes(bytes.to_vec()),
+            "FLOAT" => Value::Float(f64::from(dec::<f32>(v)?)),
+            "DOUBLE" => Value::Float(dec(v)?),
+            "DECIMAL" => {
+                let text =
+                    String::from_utf8(dec::<&[u8]>(v)?.to_vec()).map_err(|e| e.to_string())?;
+                match rust_decimal::Decimal::from_str_exact(&text) {
+                    Ok(d) => Value::Decimal(d),
+                    Err(_) => Value::Text(text),
+                }
             }
-        }
-    })
+            "DATE" => Value::Date(dec(v)?),
+            "DATETIME" => Value::DateTime(dec(v)?),
+            "TIMESTAMP" => {
+                Value::DateTimeTz(dec::<chrono::DateTime<chrono::Utc>>(v)?.fixed_offset())
+            }
+            "TIME" => Value::Text(dec::<chrono::NaiveTime>(v)?.to_string()),
+            "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT"
+            | "GEOMETRY" => {
+                // With `SET NAMES binary` every text column arrives flagged binary: raw text.
+                Value::Bytes(dec::<&[u8]>(v)?.to_vec())
+            }
+            _ => {
+                // CHAR, VARCHAR, TEXT, ENUM, SET, JSON: text converted by the server.
+                let bytes: &[u8] = dec(v)?;
+                match (raw_text, std::str::from_utf8(bytes)) {
+                    (false, Ok(s)) => Value::Text(s.to_string()),
+                    _ => Value::Bytes(bytes.to_vec()),
+                }
+            }
+        },
+    )
 }
 
 fn build<'q>(q: &SelectQuery) -> sqlx::query::Query<'q, MySql, sqlx::mysql::MySqlArguments> {

@@ -142,60 +142,90 @@ fn dec<'r, T: Decode<'r, Postgres>>(v: PgValueRef<'r>) -> Result<T, String> {
     T::decode(v).map_err(|e| e.to_string())
 }
 
+/// The types `decode_cell` handles by name.
+const PG_TYPES: &[&str] = &[
+    "BOOL",
+    "INT2",
+    "INT4",
+    "INT8",
+    "OID",
+    "FLOAT4",
+    "FLOAT8",
+    "NUMERIC",
+    "DATE",
+    "TIMESTAMP",
+    "TIMESTAMPTZ",
+    "BYTEA",
+    "BPCHAR",
+    "CHAR",
+    "TEXT",
+    "VARCHAR",
+    "NAME",
+    "CITEXT",
+    "UNKNOWN",
+    "UUID",
+    "JSON",
+    "JSONB",
+];
+
 fn decode_cell(v: PgValueRef<'_>, raw_text: bool) -> Result<Value, String> {
     if v.is_null() {
         return Ok(Value::Null);
     }
-    let type_name = v.type_info().name().to_string();
-    Ok(match type_name.as_str() {
-        "BOOL" => Value::Bool(dec(v)?),
-        "INT2" => Value::Int(i64::from(dec::<i16>(v)?)),
-        "INT4" => Value::Int(i64::from(dec::<i32>(v)?)),
-        "INT8" => Value::Int(dec(v)?),
-        "OID" => Value::Int(i64::from(dec::<sqlx::postgres::types::Oid>(v)?.0)),
-        "FLOAT4" => Value::Float(f64::from(dec::<f32>(v)?)),
-        "FLOAT8" => Value::Float(dec(v)?),
-        "NUMERIC" => {
-            let text = numeric_text(v.as_bytes().map_err(|e| e.to_string())?)?;
-            match rust_decimal::Decimal::from_str_exact(&text) {
-                Ok(d) => Value::Decimal(d),
-                // More digits than rust_decimal holds (its `parse` would round!): keep the exact text.
-                Err(_) => Value::Text(text),
+    Ok(
+        match super::known_type(v.type_info().name(), PG_TYPES).unwrap_or_default() {
+            "BOOL" => Value::Bool(dec(v)?),
+            "INT2" => Value::Int(i64::from(dec::<i16>(v)?)),
+            "INT4" => Value::Int(i64::from(dec::<i32>(v)?)),
+            "INT8" => Value::Int(dec(v)?),
+            "OID" => Value::Int(i64::from(dec::<sqlx::postgres::types::Oid>(v)?.0)),
+            "FLOAT4" => Value::Float(f64::from(dec::<f32>(v)?)),
+            "FLOAT8" => Value::Float(dec(v)?),
+            "NUMERIC" => {
+                let text = numeric_text(v.as_bytes().map_err(|e| e.to_string())?)?;
+                match rust_decimal::Decimal::from_str_exact(&text) {
+                    Ok(d) => Value::Decimal(d),
+                    // More digits than rust_decimal holds (its `parse` would round!): keep the exact text.
+                    Err(_) => Value::Text(text),
+                }
             }
-        }
-        "DATE" => Value::Date(dec(v)?),
-        "TIMESTAMP" => Value::DateTime(dec(v)?),
-        "TIMESTAMPTZ" => Value::DateTimeTz(dec::<chrono::DateTime<chrono::Utc>>(v)?.fixed_offset()),
-        "BYTEA" => Value::Bytes(dec(v)?),
-        "BPCHAR" | "CHAR" => text_value(v, raw_text, true)?,
-        "TEXT" | "VARCHAR" | "NAME" | "CITEXT" | "UNKNOWN" => text_value(v, raw_text, false)?,
-        "UUID" => {
-            let b = v.as_bytes().map_err(|e| e.to_string())?;
-            let h = hex::encode(b);
-            if h.len() != 32 {
-                return Err("malformed UUID".into());
+            "DATE" => Value::Date(dec(v)?),
+            "TIMESTAMP" => Value::DateTime(dec(v)?),
+            "TIMESTAMPTZ" => {
+                Value::DateTimeTz(dec::<chrono::DateTime<chrono::Utc>>(v)?.fixed_offset())
             }
-            Value::Text(format!(
-                "{}-{}-{}-{}-{}",
-                &h[..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..]
-            ))
-        }
-        "JSON" | "JSONB" => {
-            Value::Text(raw_utf8(v).map(|s| s.trim_start_matches('\u{1}').to_string())?)
-        }
-        other => match v.format() {
-            sqlx::postgres::PgValueFormat::Text => Value::Text(raw_utf8(v)?),
-            sqlx::postgres::PgValueFormat::Binary => {
-                return Err(format!(
-                    "type {other} is not supported; cast it in the query, e.g. `col::text`"
-                ));
+            "BYTEA" => Value::Bytes(dec(v)?),
+            "BPCHAR" | "CHAR" => text_value(v, raw_text, true)?,
+            "TEXT" | "VARCHAR" | "NAME" | "CITEXT" | "UNKNOWN" => text_value(v, raw_text, false)?,
+            "UUID" => {
+                let b = v.as_bytes().map_err(|e| e.to_string())?;
+                let h = hex::encode(b);
+                if h.len() != 32 {
+                    return Err("malformed UUID".into());
+                }
+                Value::Text(format!(
+                    "{}-{}-{}-{}-{}",
+                    &h[..8],
+                    &h[8..12],
+                    &h[12..16],
+                    &h[16..20],
+                    &h[20..]
+                ))
             }
+            "JSON" | "JSONB" => {
+                Value::Text(raw_utf8(v).map(|s| s.trim_start_matches('\u{1}').to_string())?)
+            }
+            _ => match v.format() {
+                sqlx::postgres::PgValueFormat::Text => Value::Text(raw_utf8(v)?),
+                sqlx::postgres::PgValueFormat::Binary => {
+                    return Err(format!(
+                        "type {} is not supported; cast it in the query, e.g. `col::text`",
+                        v.type_info().name()
+                    ));
+                }
+            },
         },
-    })
+    )
 }
 
 fn raw_utf8(v: PgValueRef<'_>) -> Result<String, String> {
