@@ -90,12 +90,52 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Verify a directory of delivered batches: hashes, chain, seq continuity, signatures.
+    /// Verify delivered batches — a directory, or a queue with `--amqp` — hashes, ids,
+    /// chain, seq continuity, signatures.
     Verify {
-        dir: PathBuf,
+        /// A dir sink's directory.
+        #[arg(required_unless_present = "amqp", conflicts_with = "amqp")]
+        dir: Option<PathBuf>,
         /// The agent's public key (base64), or a file holding it.
         #[arg(long)]
         pubkey: String,
+        /// Consume and verify a queue instead: `amqp://user:pass@host:5672/vhost` or
+        /// `amqps://…` (prefer the password in FEPD_VERIFY_PASSWORD over the URL).
+        #[arg(long, requires = "queue")]
+        amqp: Option<String>,
+        /// The queue to consume (bound to fep.records).
+        #[arg(long)]
+        queue: Option<String>,
+        /// CA bundle for amqps://.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Stop when no message came for this long.
+        #[arg(long, default_value = "5s")]
+        idle: String,
+        /// Stop once this many distinct records were verified.
+        #[arg(long)]
+        expect: Option<u64>,
+        /// Do not acknowledge: the messages stay in the queue.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Publish the batch files a dir sink wrote (after a one-way gateway) to the
+    /// configured sink; files relayed before are skipped, and a repeat is harmless.
+    Relay { dir: PathBuf },
+    /// The spool's delivered batches.
+    Spool {
+        #[command(subcommand)]
+        action: SpoolCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpoolCommand {
+    /// Re-send a connector's retained batches from a seq on (same message ids and seqs).
+    Replay {
+        connector: String,
+        #[arg(long)]
+        from_seq: i64,
     },
 }
 
@@ -200,7 +240,40 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Rejects { action } => rejects(&cli.config, action).await,
         Command::Schema { record_type } => schema(record_type.as_deref()),
         Command::Keygen { out } => keygen(&cli.config, out),
-        Command::Verify { dir, pubkey } => verify_cmd(&dir, &pubkey),
+        Command::Verify {
+            dir,
+            pubkey,
+            amqp,
+            queue,
+            ca_file,
+            idle,
+            expect,
+            keep,
+        } => match (dir, amqp, queue) {
+            (_, Some(url), Some(queue)) => {
+                let source = verify::queue::QueueSource {
+                    url: with_env_password(url),
+                    queue,
+                    ca_file,
+                    idle: parse_duration(&idle)
+                        .map_err(anyhow::Error::msg)
+                        .context("--idle")?,
+                    expect_records: expect,
+                    keep,
+                };
+                verify_queue_cmd(&source, &pubkey).await
+            }
+            (Some(dir), _, _) => verify_cmd(&dir, &pubkey),
+            _ => bail!("give a directory, or --amqp with --queue"),
+        },
+        Command::Relay { dir } => relay(&cli.config, &dir).await,
+        Command::Spool {
+            action:
+                SpoolCommand::Replay {
+                    connector,
+                    from_seq,
+                },
+        } => spool_replay(&cli.config, &connector, from_seq).await,
     }
 }
 
@@ -504,21 +577,18 @@ async fn check(config: &Path) -> Result<ExitCode> {
             println!("signing key: FAILED: {e}");
         }
     }
-    match &config.sink {
-        SinkConfig::Amqp(a) => {
-            let sink = crate::sink::amqp::AmqpSink::new(a.clone())?;
-            println!(
-                "sink {}: configured (delivery connects on demand)",
-                crate::sink::Sink::describe(&sink)
-            );
-        }
-        SinkConfig::Dir { path } => match probe_writable(path) {
-            Ok(()) => println!("sink dir {}: OK (writable)", path.display()),
+    match crate::sink::build(&config) {
+        Ok(sink) => match sink.probe().await {
+            Ok(said) => println!("sink {}: OK ({said})", sink.describe()),
             Err(e) => {
                 failed = true;
-                println!("sink dir {}: FAILED: {e}", path.display());
+                println!("sink: FAILED: {e}");
             }
         },
+        Err(e) => {
+            failed = true;
+            println!("sink: FAILED: {e}");
+        }
     }
     match probe_writable(&config.state_dir) {
         Ok(()) => println!("state dir {}: OK (writable)", config.state_dir.display()),
@@ -628,6 +698,17 @@ async fn status(config: &Path, json: bool) -> Result<ExitCode> {
         stats.pending_batches, stats.pending_records
     );
     println!("delivered  {} batch(es) retained", stats.delivered_batches);
+    println!(
+        "batches    {:.1} MiB of {:.1} MiB (spool.max_bytes); database {:.1} MiB",
+        stats.batch_bytes as f64 / 1048576.0,
+        config.spool.max_bytes as f64 / 1048576.0,
+        stats.used_bytes as f64 / 1048576.0
+    );
+    if let Some(since) = &stats.full_since {
+        println!(
+            "ALARM      SPOOL FULL since {since}: extraction is paused until the sink takes batches; nothing is dropped"
+        );
+    }
     println!("rejects    {}", stats.rejects);
     for (c, last, cur, at) in &states {
         let cur = cur
@@ -654,6 +735,7 @@ async fn rejects(config: &Path, action: RejectsCommand) -> Result<ExitCode> {
                     connector,
                     rule,
                     limit: Some(limit),
+                    ..Default::default()
                 })
                 .await?;
             let mut out = std::io::stdout().lock();
@@ -684,7 +766,7 @@ async fn rejects(config: &Path, action: RejectsCommand) -> Result<ExitCode> {
                 .rejects(&RejectFilter {
                     connector,
                     rule,
-                    limit: None,
+                    ..Default::default()
                 })
                 .await?;
             let sink: Box<dyn Write> = if out.as_os_str() == "-" {
@@ -784,4 +866,140 @@ fn verify_cmd(dir: &Path, pubkey: &str) -> Result<ExitCode> {
         println!("BROKEN: {b}");
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// Puts FEPD_VERIFY_PASSWORD into the URL's user information, so the password need not be
+/// on the command line (where `ps` shows it).
+fn with_env_password(url: String) -> String {
+    let Ok(password) = std::env::var("FEPD_VERIFY_PASSWORD") else {
+        return url;
+    };
+    let Ok(mut uri) = url.parse::<lapin::uri::AMQPUri>() else {
+        return url;
+    };
+    uri.authority.userinfo.password = password;
+    let scheme = if url.starts_with("amqps://") {
+        "amqps"
+    } else {
+        "amqp"
+    };
+    let user = &uri.authority.userinfo;
+    format!(
+        "{scheme}://{}:{}@{}:{}/{}",
+        urlencode(&user.username),
+        urlencode(&user.password),
+        uri.authority.host,
+        uri.authority.port,
+        urlencode(&uri.vhost)
+    )
+}
+
+fn urlencode(text: &str) -> String {
+    let mut out = String::new();
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn verify_queue_cmd(source: &verify::queue::QueueSource, pubkey: &str) -> Result<ExitCode> {
+    let key = keys::parse_public_key(pubkey)?;
+    let started = Instant::now();
+    let out = verify::queue::verify_queue(source, &key).await?;
+    for (c, s) in &out.report.chains {
+        println!(
+            "{c}: {} batch(es), {} record(s), seq {}..{}, head {}",
+            s.batches, s.records, s.first_seq, s.last_seq, s.head_hash
+        );
+    }
+    println!(
+        "{} message(s): {} re-sent batch(es) ({} record(s)) identical to their first copy, {} control message(s)",
+        out.messages, out.duplicate_batches, out.duplicate_records, out.control_messages
+    );
+    let records: u64 = out.report.chains.values().map(|s| s.records).sum();
+    if let Some(n) = source.expect_records
+        && records < n
+    {
+        println!("INCOMPLETE: {records} record(s) verified, {n} expected");
+        return Ok(ExitCode::FAILURE);
+    }
+    if out.report.ok() {
+        println!(
+            "OK: every hash, id, seq and signature verified ({:.1} s)",
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for b in &out.report.breaks {
+        println!("BROKEN: {b}");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+async fn relay(config: &Path, dir: &Path) -> Result<ExitCode> {
+    let config = load(config)?;
+    let sink = crate::sink::build(&config)?;
+    let report = crate::relay::relay_dir(dir, sink.as_ref())
+        .await
+        .with_context(|| format!("relaying {}", dir.display()))?;
+    println!(
+        "relayed {} batch(es) ({} record(s)) and {} control message(s) to {}; {} relayed before, skipped",
+        report.batches,
+        report.records,
+        report.control,
+        sink.describe(),
+        report.skipped
+    );
+    for (file, why) in &report.damaged {
+        println!("NOT RELAYED: {}: {why}", file.display());
+    }
+    Ok(if report.damaged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn spool_replay(config: &Path, connector: &str, from_seq: i64) -> Result<ExitCode> {
+    let config = load(config)?;
+    if config.connector(connector).is_none() {
+        bail!("no connector `{connector}` in {}", config.path.display());
+    }
+    let (spool, agent_running) = match Spool::open(&config.state_dir).await {
+        Ok(s) => (s, false),
+        Err(crate::spool::SpoolError::Locked { .. }) => {
+            (Spool::open_beside_agent(&config.state_dir).await?, true)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let first = spool.first_retained_seq(connector).await?;
+    let (batches, records) = spool.replay(connector, from_seq).await?;
+    match first {
+        Some(f) if f > from_seq => println!(
+            "note: seqs before {f} are no longer retained (spool.retention = {:?}); replaying from {f}",
+            config.spool.retention
+        ),
+        None => println!("note: no batch of `{connector}` is retained"),
+        _ => {}
+    }
+    println!(
+        "{batches} batch(es) ({records} record(s)) of {connector} from seq {from_seq} marked for re-sending"
+    );
+    if agent_running {
+        println!("the running agent sends them with its next delivery");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let sink = crate::sink::build(&config)?;
+    let done = crate::sink::deliver_pending(&spool, sink.as_ref()).await?;
+    println!(
+        "re-sent {} batch(es) ({} record(s)) to {}",
+        done.batches,
+        done.records,
+        sink.describe()
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -315,6 +315,58 @@ pub fn decode_body(body: &[u8]) -> std::io::Result<Vec<u8>> {
     }
 }
 
+impl BatchMeta {
+    /// Reads the metadata back from a dir-sink manifest (for `fepd relay`).
+    pub fn from_manifest(m: &serde_json::Value) -> Result<BatchMeta, String> {
+        let h = m["headers"]
+            .as_object()
+            .ok_or("the manifest has no headers")?;
+        let s = |k: &str| {
+            h.get(k)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| format!("header {k} missing"))
+        };
+        let n = |k: &str| {
+            h.get(k)
+                .and_then(|v| v.as_i64())
+                .ok_or_else(|| format!("header {k} missing or not an integer"))
+        };
+        if s("fep-schema")? != SCHEMA {
+            return Err(format!("fep-schema is not {SCHEMA}"));
+        }
+        let routing_key = m["routing_key"].as_str().ok_or("routing_key missing")?;
+        let region6 = routing_key
+            .rsplit_once('.')
+            .map(|(_, r)| r.to_string())
+            .ok_or("routing_key is not <record_type>.<region6>")?;
+        let compression = match m["properties"]["content_encoding"].as_str() {
+            Some("gzip") => Compression::Gzip,
+            None => Compression::None,
+            Some(other) => return Err(format!("unknown content_encoding {other}")),
+        };
+        let created_at = m["properties"]["timestamp"]
+            .as_i64()
+            .and_then(|t| DateTime::from_timestamp(t, 0))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        Ok(BatchMeta {
+            agent: s("fep-agent")?,
+            connector: s("fep-connector")?,
+            record_type: s("fep-record-type")?,
+            first_seq: n("fep-first-seq")?,
+            last_seq: n("fep-last-seq")?,
+            count: n("fep-count")?,
+            prev_hash: s("fep-prev-hash")?,
+            head_hash: s("fep-head-hash")?,
+            signature: s("fep-signature")?,
+            compression,
+            created_at,
+            region6,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

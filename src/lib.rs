@@ -9,19 +9,23 @@
 //! - [`schema`]: the ten unified record types and their rules;
 //! - [`spool`]: the durable local queue (SQLite, WAL, `synchronous=FULL`);
 //! - [`envelope`]: the `fep.batch/1` message contract and hash chain;
-//! - [`sink`]: delivery (dir; AMQP next);
+//! - [`sink`]: delivery (dir, AMQP);
+//! - [`control`]: heartbeats and reject reports for the platform;
 //! - [`pipeline`]: one pass of a connector, and delivery beside it;
-//! - [`verify`]: the platform-side check of delivered batches;
+//! - [`verify`]: the platform-side check of delivered batches (a directory or a queue);
+//! - [`relay`]: dir-sink files across a one-way gateway into the queue;
 //! - [`cli`]: the `fepd` command line.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod crashpoint;
 pub mod demo;
 pub mod envelope;
 pub mod keys;
 pub mod mapping;
 pub mod pipeline;
+pub mod relay;
 pub mod schema;
 pub mod sink;
 pub mod source;

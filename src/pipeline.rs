@@ -169,6 +169,7 @@ pub async fn run_selected(
         agent.sink.clone(),
         notify.clone(),
         done_rx,
+        agent.stop.clone(),
     ));
     let extraction = async {
         let mut summary = RunSummary::default();
@@ -202,6 +203,7 @@ pub async fn run_selected(
         message: format!("delivery task failed: {e}"),
     })??;
     agent.spool.prune(agent.config.spool.retention).await?;
+    crate::control::send_all(&agent.config, &agent.spool, agent.sink.as_ref()).await;
     Ok(summary)
 }
 
@@ -237,30 +239,61 @@ pub async fn run_pass_retrying(
     }
 }
 
+/// Delivers while extraction runs, and what is left after it. A failed delivery is
+/// retried with backoff and jitter (extraction goes on into the spool meanwhile); once
+/// extraction has finished, retries stop after the sink's `retry_timeout` and the error is
+/// returned — the batches stay spooled for the next run. A refusal that retrying cannot
+/// cure (a certificate, a login) is returned at once.
 async fn deliver_until_done(
     spool: Spool,
     sink: Arc<dyn Sink>,
     notify: Arc<Notify>,
     mut done: watch::Receiver<bool>,
+    stop: Arc<Stop>,
 ) -> Result<Delivered, SinkError> {
     let mut total = Delivered::default();
+    let mut attempt: u32 = 0;
+    // When extraction had finished and delivery was still failing.
+    let mut failing_since_done: Option<std::time::Instant> = None;
     loop {
         let finished = *done.borrow_and_update();
-        let d = sink::deliver_pending(&spool, sink.as_ref()).await?;
-        total.batches += d.batches;
-        total.records += d.records;
-        if finished {
-            return Ok(total);
+        match sink::deliver_pending_into(&spool, sink.as_ref(), &mut total).await {
+            Ok(()) => {
+                if attempt > 0 {
+                    tracing::info!(sink = %sink.describe(), attempts = attempt, "delivery recovered");
+                }
+                attempt = 0;
+                failing_since_done = None;
+                if finished {
+                    return Ok(total);
+                }
+            }
+            Err(e) if !e.is_retryable() || stop.is_requested() => return Err(e),
+            Err(e) => {
+                attempt += 1;
+                if finished {
+                    let since = *failing_since_done.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() >= sink.retry_timeout() {
+                        tracing::error!(sink = %sink.describe(), error = %e, attempts = attempt, "delivery keeps failing; giving up for this run (batches stay spooled)");
+                        return Err(e);
+                    }
+                }
+                let wait = sink::backoff(attempt);
+                tracing::warn!(sink = %sink.describe(), error = %e, attempt, retry_in = ?wait, "delivery failed; batches stay spooled and will be re-sent");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.wait() => return Err(e),
+                }
+                continue;
+            }
         }
         tokio::select! {
             _ = notify.notified() => {}
             changed = done.changed() => {
                 if changed.is_err() {
                     // Extraction ended without saying so (it failed): deliver what is
-                    // spooled and stop.
-                    let d = sink::deliver_pending(&spool, sink.as_ref()).await?;
-                    total.batches += d.batches;
-                    total.records += d.records;
+                    // spooled, then stop.
+                    sink::deliver_pending_into(&spool, sink.as_ref(), &mut total).await?;
                     return Ok(total);
                 }
             }
@@ -352,6 +385,10 @@ pub async fn run_pass_with_progress(
             _ => None,
         },
         batch_size: agent.config.spool.batch_size,
+        cap: SpoolCap {
+            max_bytes: i64::try_from(agent.config.spool.max_bytes).unwrap_or(i64::MAX),
+            stop: agent.stop.clone(),
+        },
         committed: committed.clone(),
         pending: None,
         time_zone: agent.config.time_zone,
@@ -502,6 +539,63 @@ fn cursor_after(
     }
 }
 
+/// The spool's size cap, enforced before each commit.
+#[derive(Clone)]
+struct SpoolCap {
+    max_bytes: i64,
+    stop: Arc<Stop>,
+}
+
+impl SpoolCap {
+    /// Returns when the spool has room. When it is full, delivered batches are dropped
+    /// early (retention gives way first); if it is still full, extraction pauses here —
+    /// the bounded channels behind hold the reader — with the alarm raised in the log and
+    /// in the spool (`status`, heartbeat), until delivery makes room. Nothing undelivered
+    /// is ever dropped. A stop request ends the wait (one more batch over the cap is
+    /// better than losing what was read).
+    async fn wait_for_room(&self, spool: &Spool) -> Result<(), SpoolError> {
+        if spool.batch_bytes().await? <= self.max_bytes {
+            return Ok(());
+        }
+        let dropped = spool.prune_for_space(self.max_bytes).await?;
+        if dropped > 0 {
+            tracing::warn!(
+                batches = dropped,
+                "spool full: delivered batches dropped before their retention ended"
+            );
+        }
+        let mut used = spool.batch_bytes().await?;
+        if used <= self.max_bytes {
+            return Ok(());
+        }
+        let since = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        spool
+            .set_agent_state(crate::spool::SPOOL_FULL_SINCE, Some(&since))
+            .await?;
+        let mut alarmed_at: Option<std::time::Instant> = None;
+        while used > self.max_bytes && !self.stop.is_requested() {
+            if alarmed_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                tracing::error!(batch_bytes = used, max_bytes = self.max_bytes, since = %since, "SPOOL FULL: extraction paused until the sink takes batches; nothing is dropped. Check the sink (`fepd status`), or raise spool.max_bytes");
+                alarmed_at = Some(std::time::Instant::now());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.stop.wait() => {}
+            }
+            spool.prune_for_space(self.max_bytes).await?;
+            used = spool.batch_bytes().await?;
+        }
+        spool
+            .set_agent_state(crate::spool::SPOOL_FULL_SINCE, None)
+            .await?;
+        tracing::info!(
+            batch_bytes = used,
+            "spool has room again; extraction resumes"
+        );
+        Ok(())
+    }
+}
+
 /// A unit handed from the writer to the committer.
 struct PendingCommit {
     unit: CommitUnit,
@@ -515,6 +609,7 @@ async fn committer(
     connector: String,
     rx: mpsc::Receiver<PendingCommit>,
     committed: Arc<Notify>,
+    cap: SpoolCap,
 ) -> Result<(), PassError> {
     let compressed =
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|p| (p, rx)) })
@@ -522,6 +617,7 @@ async fn committer(
             .buffered(2);
     futures_util::pin_mut!(compressed);
     while let Some(p) = compressed.next().await {
+        cap.wait_for_room(&spool).await?;
         commit_now(&spool, &connector, p?, &committed).await?;
     }
     Ok(())
@@ -575,6 +671,7 @@ struct Writer {
     /// being re-read and must be compared with their stored hash).
     resumed_at: Option<CursorValue>,
     batch_size: usize,
+    cap: SpoolCap,
     committed: Arc<Notify>,
     /// The committer stage while the scan runs; `None` commits directly (the snapshot's
     /// delete phase, which must see every earlier commit).
@@ -595,6 +692,7 @@ impl Writer {
             self.builder.connector.clone(),
             commits,
             self.committed.clone(),
+            self.cap.clone(),
         ));
         self.pending = Some(tx);
         let mut result = Ok(());

@@ -86,3 +86,45 @@ mod tests {
         }
     }
 }
+
+/// Parses a size such as `"512MiB"`, `"8GiB"`, `"100MB"` or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let hint = "write e.g. \"512MiB\", \"8GiB\" or a number of bytes";
+    let number: u64 = text[..digits]
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size; {hint}"))?;
+    let factor: u64 = match text[digits..].trim() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1000 * 1000,
+        "MiB" => 1 << 20,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1 << 30,
+        "TB" => 1000 * 1000 * 1000 * 1000,
+        "TiB" => 1 << 40,
+        other => return Err(format!("unknown size unit `{other}` in `{text}`; {hint}")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}`: too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("8GiB"), Ok(8 << 30));
+        assert_eq!(parse_size("100MB"), Ok(100_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("8 gigs").is_err());
+        assert!(parse_size("MiB").is_err());
+    }
+}

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use crate::schema::{FieldDef, FieldKind, RecordType};
 use crate::source::sql::{check_read_only_expr, check_read_only_query, validate_identifier};
 use crate::value::Value;
-pub use duration::parse_duration;
+pub use duration::{parse_duration, parse_size};
 pub use secret::{Secret, SecretRef};
 
 /// Default source and agent time zone.
@@ -122,7 +122,7 @@ impl AgentConfig {
 #[derive(Debug, Clone)]
 pub enum SinkConfig {
     Dir { path: PathBuf },
-    Amqp(AmqpSinkConfig),
+    Amqp(Box<AmqpSinkConfig>),
 }
 
 /// The platform's RabbitMQ.
@@ -140,7 +140,26 @@ pub struct AmqpSinkConfig {
     pub passive: bool,
     pub connect_timeout: Duration,
     pub heartbeat: Duration,
+    /// Client certificate (PEM chain) for mTLS.
+    pub client_cert: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, SEC1 or PKCS#1).
+    pub client_key: Option<PathBuf>,
+    /// Log in with the client certificate (SASL EXTERNAL) instead of user and password.
+    pub external_auth: bool,
+    /// Batches published but not yet confirmed, at most.
+    pub window: usize,
+    /// How long a publish may wait for the broker's confirm before the link is dropped and
+    /// the batch re-sent (a blocked connection or a silently cut network).
+    pub confirm_timeout: Duration,
+    /// After extraction has finished, how long delivery keeps retrying before the run
+    /// reports failure (the batches stay spooled for the next run).
+    pub retry_timeout: Duration,
+    /// Exchange for heartbeats and reject reports.
+    pub control_exchange: String,
 }
+
+/// Default spool cap: 8 GiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 8 << 30;
 
 /// How batches are compressed on the wire (and in the spool).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,6 +175,10 @@ pub struct SpoolConfig {
     pub compression: Compression,
     /// How long delivered batches stay in the spool for replay.
     pub retention: Duration,
+    /// Bytes of batch bodies the spool may hold. When reached, delivered batches are pruned early; if it is
+    /// still full, extraction pauses with an alarm until delivery makes room. Undelivered
+    /// batches are never dropped.
+    pub max_bytes: u64,
 }
 
 /// One registered connector.
@@ -383,7 +406,7 @@ struct AgentFile {
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 enum SinkFile {
     Dir { path: PathBuf },
-    Amqp(AmqpSinkFile),
+    Amqp(Box<AmqpSinkFile>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -398,6 +421,13 @@ struct AmqpSinkFile {
     passive: bool,
     connect_timeout: Option<String>,
     heartbeat: Option<String>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    auth: Option<String>,
+    window: Option<usize>,
+    confirm_timeout: Option<String>,
+    retry_timeout: Option<String>,
+    control_exchange: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -406,6 +436,7 @@ struct SpoolFile {
     batch_size: Option<usize>,
     compression: Option<String>,
     retention: Option<String>,
+    max_bytes: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -533,9 +564,13 @@ impl AgentConfig {
         };
         let sink = match file.sink {
             SinkFile::Dir { path: p } => SinkConfig::Dir { path: base.join(p) },
-            SinkFile::Amqp(a) => {
-                SinkConfig::Amqp(amqp_sink(path, base, a, resolve_secrets, &mut errors))
-            }
+            SinkFile::Amqp(a) => SinkConfig::Amqp(Box::new(amqp_sink(
+                path,
+                base,
+                *a,
+                resolve_secrets,
+                &mut errors,
+            ))),
         };
         let spool = SpoolConfig {
             batch_size: match file.spool.batch_size {
@@ -571,6 +606,22 @@ impl AgentConfig {
                 Some(Err(e)) => {
                     errors.push(ConfigError::new(path, "spool.retention", e));
                     Duration::from_secs(7 * 86400)
+                }
+            },
+            max_bytes: match file.spool.max_bytes.as_deref().map(parse_size) {
+                None => DEFAULT_SPOOL_MAX_BYTES,
+                Some(Ok(n)) if n >= 1 << 20 => n,
+                Some(Ok(_)) => {
+                    errors.push(ConfigError::new(
+                        path,
+                        "spool.max_bytes",
+                        "must be at least 1MiB",
+                    ));
+                    DEFAULT_SPOOL_MAX_BYTES
+                }
+                Some(Err(e)) => {
+                    errors.push(ConfigError::new(path, "spool.max_bytes", e));
+                    DEFAULT_SPOOL_MAX_BYTES
                 }
             },
         };
@@ -821,14 +872,59 @@ fn amqp_sink(
         },
         _ => None,
     };
-    if let Some(ca) = &a.ca_file
-        && !base.join(ca).is_file()
-    {
-        errors.push(ConfigError::new(
-            path,
-            "sink.ca_file",
-            format!("{} does not exist", base.join(ca).display()),
-        ));
+    for (key, file) in [
+        ("sink.ca_file", &a.ca_file),
+        ("sink.client_cert", &a.client_cert),
+        ("sink.client_key", &a.client_key),
+    ] {
+        if let Some(f) = file
+            && !base.join(f).is_file()
+        {
+            errors.push(ConfigError::new(
+                path,
+                key,
+                format!("{} does not exist", base.join(f).display()),
+            ));
+        }
+    }
+    if a.client_cert.is_some() != a.client_key.is_some() {
+        errors.push(
+            ConfigError::new(
+                path,
+                "sink.client_cert",
+                "client_cert and client_key go together",
+            )
+            .hint("give both the certificate chain and its private key (PEM)"),
+        );
+    }
+    let external_auth = match a.auth.as_deref() {
+        None | Some("plain") => false,
+        Some("external") => {
+            if a.client_cert.is_none() {
+                errors.push(
+                    ConfigError::new(path, "sink.auth", "auth = \"external\" needs a client certificate")
+                        .hint("set client_cert and client_key, or use auth = \"plain\" with user and password"),
+                );
+            }
+            if a.user.is_some() || a.password.is_some() {
+                errors.push(ConfigError::new(
+                    path,
+                    "sink.auth",
+                    "auth = \"external\" logs in with the certificate: remove user and password",
+                ));
+            }
+            true
+        }
+        Some(other) => {
+            errors.push(
+                ConfigError::new(path, "sink.auth", format!("unknown auth `{other}`"))
+                    .hint("use \"plain\" (user and password) or \"external\" (client certificate)"),
+            );
+            false
+        }
+    };
+    if a.window == Some(0) {
+        errors.push(ConfigError::new(path, "sink.window", "must be at least 1"));
     }
     let duration = |key: &str, v: Option<&str>, default: u64, errors: &mut Vec<ConfigError>| match v
         .map(parse_duration)
@@ -856,6 +952,25 @@ fn amqp_sink(
             errors,
         ),
         heartbeat: duration("sink.heartbeat", a.heartbeat.as_deref(), 30, errors),
+        client_cert: a.client_cert.map(|c| base.join(c)),
+        client_key: a.client_key.map(|c| base.join(c)),
+        external_auth,
+        window: a.window.unwrap_or(16).max(1),
+        confirm_timeout: duration(
+            "sink.confirm_timeout",
+            a.confirm_timeout.as_deref(),
+            60,
+            errors,
+        ),
+        retry_timeout: duration(
+            "sink.retry_timeout",
+            a.retry_timeout.as_deref(),
+            300,
+            errors,
+        ),
+        control_exchange: a
+            .control_exchange
+            .unwrap_or_else(|| crate::control::CONTROL_EXCHANGE.to_string()),
     }
 }
 

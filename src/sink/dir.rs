@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 
-use super::{Sink, SinkError};
+use super::{Receipt, Sink, SinkError};
+use crate::control::ControlMessage;
 use crate::envelope::{BatchMeta, RECORDS_EXCHANGE};
 use crate::spool::StoredBatch;
 
@@ -60,6 +61,13 @@ impl DirSink {
         Ok(DirSink { path })
     }
 
+    fn error(&self, message: impl Into<String>) -> SinkError {
+        SinkError::Io {
+            sink: self.describe(),
+            message: message.into(),
+        }
+    }
+
     fn write(&self, batch: &StoredBatch) -> std::io::Result<()> {
         let (body_name, manifest_name) = batch_file_names(&batch.meta);
         write_atomic(&self.path, &body_name, &batch.body)?;
@@ -86,38 +94,85 @@ impl Sink for DirSink {
         format!("dir {}", self.path.display())
     }
 
+    fn window(&self) -> usize {
+        // Files are durable once written and the directory synced: a window only groups
+        // the directory fsync and the spool's mark transaction.
+        4
+    }
+
     fn sync(&self) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
             // The renames are durable once the directory is.
             let dir = self.path.clone();
             match tokio::task::spawn_blocking(move || std::fs::File::open(&dir)?.sync_all()).await {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(SinkError::Io {
-                    sink: self.describe(),
-                    message: format!("fsync of the directory: {e}"),
-                }),
-                Err(e) => Err(SinkError::Io {
-                    sink: self.describe(),
-                    message: format!("writer task failed: {e}"),
-                }),
+                Ok(Err(e)) => Err(self.error(format!("fsync of the directory: {e}"))),
+                Err(e) => Err(self.error(format!("writer task failed: {e}"))),
             }
         })
     }
 
-    fn deliver<'a>(&'a self, batch: &'a StoredBatch) -> BoxFuture<'a, Result<(), SinkError>> {
+    fn send<'a>(&'a self, batch: &'a StoredBatch) -> BoxFuture<'a, Result<Receipt, SinkError>> {
         Box::pin(async move {
-            // File I/O with fsync blocks: tell the runtime, rather than copying the batch
-            // into a blocking task.
-            let written = match tokio::runtime::Handle::current().runtime_flavor() {
-                tokio::runtime::RuntimeFlavor::MultiThread => {
-                    tokio::task::block_in_place(|| self.write(batch))
-                }
-                _ => self.write(batch),
-            };
-            written.map_err(|e| SinkError::Io {
-                sink: self.describe(),
-                message: e.to_string(),
-            })
+            blocking(|| self.write(batch)).map_err(|e| self.error(e.to_string()))?;
+            let ready: Receipt = Box::pin(async { Ok(()) });
+            Ok(ready)
         })
     }
+
+    fn send_control<'a>(
+        &'a self,
+        message: &'a ControlMessage,
+    ) -> BoxFuture<'a, Result<(), SinkError>> {
+        Box::pin(async move {
+            let dir = self.path.join(CONTROL_DIR);
+            let file = control_file(message);
+            blocking(|| {
+                std::fs::create_dir_all(&dir)?;
+                let mut text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+                text.push(b'\n');
+                write_atomic(&dir, &format!("{}.json", message.message_id), &text)?;
+                std::fs::File::open(&dir)?.sync_all()
+            })
+            .map_err(|e| self.error(format!("control message {}: {e}", message.message_id)))
+        })
+    }
+
+    fn probe(&self) -> BoxFuture<'_, Result<String, SinkError>> {
+        Box::pin(async move {
+            let probe = format!(".fepd-probe-{}", std::process::id());
+            blocking(|| {
+                write_atomic(&self.path, &probe, b"probe")?;
+                std::fs::remove_file(self.path.join(&probe))
+            })
+            .map_err(|e| self.error(format!("not writable: {e}")))?;
+            Ok("writable".to_string())
+        })
+    }
+}
+
+/// Runs blocking file I/O (with fsync) in place, telling a multi-thread runtime so, rather
+/// than copying the batch into a blocking task.
+fn blocking<T>(f: impl FnOnce() -> std::io::Result<T>) -> std::io::Result<T> {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Subdirectory of the outbox for control messages.
+pub const CONTROL_DIR: &str = "control";
+
+/// The file a control message becomes: what the AMQP message would carry, with its body
+/// as JSON.
+pub fn control_file(message: &ControlMessage) -> serde_json::Value {
+    let body: serde_json::Value =
+        serde_json::from_slice(&message.body).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "exchange": crate::control::CONTROL_EXCHANGE,
+        "routing_key": message.routing_key,
+        "message_id": message.message_id,
+        "schema": message.schema,
+        "body": body,
+    })
 }

@@ -98,6 +98,11 @@ CREATE TABLE IF NOT EXISTS rejects (
     occurrences INTEGER NOT NULL DEFAULT 1,
     UNIQUE (connector, source_key, raw_hash)
 );
+-- Small agent-wide facts: the reject-report watermark, the spool-full alarm.
+CREATE TABLE IF NOT EXISTS agent_state (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 PRAGMA user_version = 1;
 "#;
 
@@ -145,9 +150,33 @@ pub struct StoredBatch {
 pub struct SpoolStats {
     pub pending_batches: i64,
     pub pending_records: i64,
+    /// Bytes of undelivered batch bodies.
+    pub pending_bytes: i64,
+    /// When the oldest undelivered batch was spooled (delivery lag).
+    pub oldest_pending_at: Option<String>,
     pub delivered_batches: i64,
     pub rejects: i64,
+    /// Bytes of batch bodies held, delivered or not (what `spool.max_bytes` limits).
+    pub batch_bytes: i64,
+    /// Bytes the spool database uses (its pages minus free pages).
+    pub used_bytes: i64,
+    /// Since when the spool has been full and extraction paused (the alarm), if it is.
+    pub full_since: Option<String>,
 }
+
+/// Undelivered batches of one connector.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConnectorBacklog {
+    pub connector: String,
+    pub batches: i64,
+    pub records: i64,
+    pub oldest_pending_at: Option<String>,
+}
+
+/// Key of the spool-full alarm in `agent_state`.
+pub const SPOOL_FULL_SINCE: &str = "spool_full_since";
+/// Key of the reject-report watermark (highest reject id reported) in `agent_state`.
+pub const REJECTS_REPORTED: &str = "rejects_reported";
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -213,6 +242,36 @@ impl Spool {
             .await
             .map_err(|e| spool.err(e))?;
         Ok(spool)
+    }
+
+    /// Opens an existing spool for a short write while the agent may be running (it holds
+    /// the lock): `fepd spool replay`. SQLite's own locking keeps the write safe.
+    pub async fn open_beside_agent(state_dir: &Path) -> Result<Spool, SpoolError> {
+        let path = state_dir.join("spool.db");
+        if !path.is_file() {
+            return Err(SpoolError::Corrupt {
+                path,
+                message: "no spool yet: run `fepd run --once` (or start the service) first".into(),
+            });
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(60))
+            .disable_statement_logging();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|source| SpoolError::Sqlite {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Spool {
+            pool,
+            path,
+            _lock: None,
+        })
     }
 
     /// Opens an existing spool read-only, without the lock: for `status` and `rejects`
@@ -472,10 +531,26 @@ impl Spool {
 
     /// Undelivered batches in sequence order per connector, at most `limit`.
     pub async fn pending(&self, limit: i64) -> Result<Vec<StoredBatch>, SpoolError> {
+        self.pending_after(None, limit).await
+    }
+
+    /// Undelivered batches after `(connector, first_seq)` in (connector, sequence) order,
+    /// at most `limit`.
+    pub async fn pending_after(
+        &self,
+        after: Option<&(String, i64)>,
+        limit: i64,
+    ) -> Result<Vec<StoredBatch>, SpoolError> {
+        let (connector, seq) = match after {
+            Some((c, s)) => (c.as_str(), *s),
+            None => ("", i64::MIN),
+        };
         let rows = sqlx::query(
             "SELECT connector, first_seq, last_seq, record_type, count, prev_hash, head_hash, signature, compression, region6, created_at, body, agent \
-             FROM batches WHERE delivered_at IS NULL ORDER BY connector, first_seq LIMIT ?1",
+             FROM batches WHERE delivered_at IS NULL AND (connector, first_seq) > (?1, ?2) ORDER BY connector, first_seq LIMIT ?3",
         )
+        .bind(connector)
+        .bind(seq)
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -544,18 +619,145 @@ impl Spool {
             "SELECT \
                (SELECT COUNT(*) FROM batches WHERE delivered_at IS NULL), \
                (SELECT COALESCE(SUM(count), 0) FROM batches WHERE delivered_at IS NULL), \
+               (SELECT COALESCE(SUM(length(body)), 0) FROM batches WHERE delivered_at IS NULL), \
+               (SELECT MIN(created_at) FROM batches WHERE delivered_at IS NULL), \
                (SELECT COUNT(*) FROM batches WHERE delivered_at IS NOT NULL), \
-               (SELECT COUNT(*) FROM rejects)",
+               (SELECT COUNT(*) FROM rejects), \
+               (SELECT value FROM agent_state WHERE key = ?1)",
         )
+        .bind(SPOOL_FULL_SINCE)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| self.err(e))?;
         Ok(SpoolStats {
             pending_batches: row.get(0),
             pending_records: row.get(1),
-            delivered_batches: row.get(2),
-            rejects: row.get(3),
+            pending_bytes: row.get(2),
+            oldest_pending_at: row.get(3),
+            delivered_batches: row.get(4),
+            rejects: row.get(5),
+            batch_bytes: self.batch_bytes().await?,
+            used_bytes: self.used_bytes().await?,
+            full_since: row.get(6),
         })
+    }
+
+    /// Undelivered batches per connector.
+    pub async fn backlog(&self) -> Result<Vec<ConnectorBacklog>, SpoolError> {
+        let rows = sqlx::query(
+            "SELECT connector, COUNT(*), COALESCE(SUM(count), 0), MIN(created_at) FROM batches \
+             WHERE delivered_at IS NULL GROUP BY connector ORDER BY connector",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ConnectorBacklog {
+                connector: r.get(0),
+                batches: r.get(1),
+                records: r.get(2),
+                oldest_pending_at: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Bytes the database uses: its pages minus the free ones (deleting rows frees pages
+    /// for reuse without shrinking the file).
+    pub async fn used_bytes(&self) -> Result<i64, SpoolError> {
+        let row = sqlx::query(
+            "SELECT (SELECT page_count FROM pragma_page_count()) - (SELECT freelist_count FROM pragma_freelist_count()), \
+                    (SELECT page_size FROM pragma_page_size())",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok(row.get::<i64, _>(0) * row.get::<i64, _>(1))
+    }
+
+    /// Bytes of batch bodies held, delivered (retained for replay) or not: what the spool
+    /// cap limits.
+    pub async fn batch_bytes(&self) -> Result<i64, SpoolError> {
+        let row = sqlx::query("SELECT COALESCE(SUM(length(body)), 0) FROM batches")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    /// Drops delivered batches, oldest delivery first, until the batches take at most
+    /// `max_bytes` or none delivered is left; returns how many were dropped. Used when the
+    /// spool is full: retention gives way before extraction stops. Undelivered batches are
+    /// never dropped.
+    pub async fn prune_for_space(&self, max_bytes: i64) -> Result<u64, SpoolError> {
+        let mut dropped = 0;
+        while self.batch_bytes().await? > max_bytes {
+            let done = sqlx::query(
+                "DELETE FROM batches WHERE rowid IN (SELECT rowid FROM batches WHERE delivered_at IS NOT NULL \
+                 ORDER BY delivered_at LIMIT 64)",
+            )
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+            if done.rows_affected() == 0 {
+                break;
+            }
+            dropped += done.rows_affected();
+        }
+        Ok(dropped)
+    }
+
+    /// Marks the delivered batches of `connector` from the one holding `from_seq` on as
+    /// undelivered, so the next delivery re-sends them (same message ids and seqs).
+    /// Returns `(batches, records)` marked; batches already pruned cannot be replayed.
+    pub async fn replay(&self, connector: &str, from_seq: i64) -> Result<(i64, i64), SpoolError> {
+        let row = sqlx::query(
+            "UPDATE batches SET delivered_at = NULL WHERE connector = ?1 AND last_seq >= ?2 AND delivered_at IS NOT NULL \
+             RETURNING count",
+        )
+        .bind(connector)
+        .bind(from_seq)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        Ok((
+            row.len() as i64,
+            row.iter().map(|r| r.get::<i64, _>(0)).sum(),
+        ))
+    }
+
+    /// The lowest seq still held for `connector` (delivered or not), if any.
+    pub async fn first_retained_seq(&self, connector: &str) -> Result<Option<i64>, SpoolError> {
+        let row = sqlx::query("SELECT MIN(first_seq) FROM batches WHERE connector = ?1")
+            .bind(connector)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.get(0))
+    }
+
+    /// A value of `agent_state`.
+    pub async fn agent_state(&self, key: &str) -> Result<Option<String>, SpoolError> {
+        let row = sqlx::query("SELECT value FROM agent_state WHERE key = ?1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Sets (or with `None` removes) a value of `agent_state`.
+    pub async fn set_agent_state(&self, key: &str, value: Option<&str>) -> Result<(), SpoolError> {
+        let q = match value {
+            Some(v) => sqlx::query(
+                "INSERT INTO agent_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(key)
+            .bind(v),
+            None => sqlx::query("DELETE FROM agent_state WHERE key = ?1").bind(key),
+        };
+        q.execute(&self.pool).await.map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// The pool, for the reject queries in the submodule.

@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::envelope::{SCHEMA, decode_body, record_id, signing_payload};
 
+pub mod queue;
+
 /// One break in a chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Break {
