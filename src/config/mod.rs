@@ -887,6 +887,12 @@ fn amqp_sink(
             ));
         }
     }
+    if a.ca_file.is_none() && a.urls.iter().any(|u| u.starts_with("amqps://")) {
+        errors.push(
+            ConfigError::new(path, "sink.ca_file", "amqps:// needs the CA that signed the broker's certificate")
+                .hint("set ca_file = \"/etc/fepd/extranet-ca.pem\"; only that CA is trusted, no system roots"),
+        );
+    }
     if a.client_cert.is_some() != a.client_key.is_some() {
         errors.push(
             ConfigError::new(
