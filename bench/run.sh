@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks. Usage: bench/run.sh sqlite-dir|postgres-dir [ROWS]
+# Benchmarks. Usage: bench/run.sh sqlite-dir|postgres-dir|postgres-amqp [ROWS]
 #
 # sqlite-dir: a ROWS-row (default 1,000,000) SQLite subsidy-payment table (the demo's,
 # ~10 columns) plus the 5,000-entry snapshot ledger, one full pass into the dir sink with
@@ -15,29 +15,11 @@ cargo build --release --locked --quiet
 bin=target/release/fepd
 work=${BENCH_DIR:-target/bench}
 
-case "$what" in
-sqlite-dir)
-    dir="$work/sqlite-dir-$rows"
-    if [ ! -f "$dir/legacy.db" ]; then
-        echo "generating $rows rows in $dir/legacy.db (once)"
-        rm -rf "$dir"
-        "$bin" demo --dir "$dir" --rows "$rows" >/dev/null
-    fi
-    rm -rf "$dir/state" "$dir/outbox"
-    out=$(mktemp)
-    /usr/bin/time -f '%e %M' -o "$out.time" "$bin" --config "$dir/fepd.toml" --log warn run --once | tee "$out"
-    read -r seconds rss_kb < "$out.time"
-    records=$(grep -oE '[0-9]+ record\(s\) delivered' "$out" | grep -oE '^[0-9]+')
-    "$bin" verify "$dir/outbox" --pubkey "$("$bin" --config "$dir/fepd.toml" check | sed -n 's/.*public key //p')" | tail -1
-    awk -v n="$records" -v s="$seconds" -v k="$rss_kb" \
-        'BEGIN { printf "bench sqlite-dir: %d records/s, peak RSS %.0f MiB (%d records in %.2f s)\n", n / s, k / 1024, n, s }'
-    ;;
-postgres-dir)
-    # A ROWS-row PostgreSQL table shaped like a subsidy payment table (10 columns, about
-    # 150 bytes a row, valid data), created once in database fepd_bench. Then, in one run:
-    # fepd's full pass into the dir sink; COPY (SELECT …) TO STDOUT of the same rows (the
-    # physical reading limit); and the peer tool sling moving the table to a JSONL file.
-    pg="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q"
+pg="psql -h 127.0.0.1 -U postgres -v ON_ERROR_STOP=1 -q"
+
+# The ROWS-row PostgreSQL table shaped like a subsidy payment table (10 columns, about 150
+# bytes a row, valid data), created once in database fepd_bench.
+ensure_pg_table() {
     $pg -d postgres -Atc "SELECT 1 FROM pg_database WHERE datname = 'fepd_bench'" | grep -q 1 \
         || $pg -d postgres -c "CREATE DATABASE fepd_bench"
     have=$($pg -d fepd_bench -Atc "SELECT count(*) FROM subsidy_payment" 2>/dev/null || echo 0)
@@ -66,19 +48,11 @@ CREATE INDEX subsidy_payment_updated ON subsidy_payment (updated_at, pay_id);
 ANALYZE subsidy_payment;
 SQL
     fi
-    dir="$work/postgres-dir"
-    rm -rf "$dir"; mkdir -p "$dir/connectors.d"
-    cat > "$dir/fepd.toml" <<TOML
-agent_id = "bench"
-region_code = "430124"
-state_dir = "state"
-signing_key = "signing.key"
-[sink]
-type = "dir"
-path = "outbox"
-[spool]
-batch_size = 5000
-TOML
+}
+
+# The connector reading that table.
+write_pg_connector() {
+    local dir=$1
     cat > "$dir/connectors.d/subsidy.toml" <<TOML
 name = "subsidy"
 record_type = "individual_subsidy"
@@ -105,6 +79,44 @@ amount = "amount"
 paid_date = "pay_date"
 period = "period"
 TOML
+}
+
+case "$what" in
+sqlite-dir)
+    dir="$work/sqlite-dir-$rows"
+    if [ ! -f "$dir/legacy.db" ]; then
+        echo "generating $rows rows in $dir/legacy.db (once)"
+        rm -rf "$dir"
+        "$bin" demo --dir "$dir" --rows "$rows" >/dev/null
+    fi
+    rm -rf "$dir/state" "$dir/outbox"
+    out=$(mktemp)
+    /usr/bin/time -f '%e %M' -o "$out.time" "$bin" --config "$dir/fepd.toml" --log warn run --once | tee "$out"
+    read -r seconds rss_kb < "$out.time"
+    records=$(grep -oE '[0-9]+ record\(s\) delivered' "$out" | grep -oE '^[0-9]+')
+    "$bin" verify "$dir/outbox" --pubkey "$("$bin" --config "$dir/fepd.toml" check | sed -n 's/.*public key //p')" | tail -1
+    awk -v n="$records" -v s="$seconds" -v k="$rss_kb" \
+        'BEGIN { printf "bench sqlite-dir: %d records/s, peak RSS %.0f MiB (%d records in %.2f s)\n", n / s, k / 1024, n, s }'
+    ;;
+postgres-dir)
+    # The PostgreSQL table (ensure_pg_table). Then, in one run: fepd's full pass into the
+    # dir sink; COPY (SELECT …) TO STDOUT of the same rows (the
+    # physical reading limit); and the peer tool sling moving the table to a JSONL file.
+    ensure_pg_table
+    dir="$work/postgres-dir"
+    rm -rf "$dir"; mkdir -p "$dir/connectors.d"
+    cat > "$dir/fepd.toml" <<TOML
+agent_id = "bench"
+region_code = "430124"
+state_dir = "state"
+signing_key = "signing.key"
+[sink]
+type = "dir"
+path = "outbox"
+[spool]
+batch_size = 5000
+TOML
+    write_pg_connector "$dir"
     "$bin" keygen --out "$dir/signing.key" > "$dir/public.key" 2>/dev/null
     out=$(mktemp)
     /usr/bin/time -f '%e %M' -o "$out.time" "$bin" --config "$dir/fepd.toml" --log warn run --once | tee "$out"
@@ -140,6 +152,83 @@ TOML
     awk -v n="$records" -v s="$seconds" -v k="$rss_kb" -v c="$copy_s" -v r="$rows" -v sl="$sling_rate" \
         'BEGIN { printf "bench postgres-dir: %d records/s, peak RSS %.0f MiB, copy limit %d rows/s, sling %d rows/s\n", n / s, k / 1024, r / c, sl }'
     ;;
+postgres-amqp)
+    # The same PostgreSQL table, end to end into the machine's RabbitMQ (127.0.0.1:5672,
+    # guest/guest): persistent messages, publisher confirms, 5,000-record batches, onto a
+    # queue bound for the run. Then, in the same run, the broker's publish limit for the
+    # same bytes: every batch, already built and spooled, published again with the same
+    # sink, batching and confirms (`fepd spool replay --from-seq 1`). And the naive
+    # department script (psycopg2 + pika, one message per row with a confirm) on
+    # BENCH_NAIVE_ROWS rows (default 5000), for the ratio.
+    ensure_pg_table
+    python3 -c 'import pika' 2>/dev/null || pip install -q pika psycopg2-binary >/dev/null
+    python3 -c 'import psycopg2' 2>/dev/null || pip install -q psycopg2-binary >/dev/null
+    dir="$work/postgres-amqp"
+    rm -rf "$dir"; mkdir -p "$dir/connectors.d"
+    exchange="fep.records.bench.$$"
+    queue="fepd.bench.$$"
+    cat > "$dir/fepd.toml" <<TOML
+agent_id = "bench"
+region_code = "430124"
+state_dir = "state"
+signing_key = "signing.key"
+[sink]
+type = "amqp"
+urls = ["amqp://127.0.0.1:5672/%2f"]
+user = "guest"
+password = { env = "BENCH_AMQP_PASSWORD" }
+exchange = "$exchange"
+control_exchange = "$exchange.control"
+${BENCH_SINK_EXTRA:-}
+[spool]
+batch_size = 5000
+TOML
+    write_pg_connector "$dir"
+    "$bin" keygen --out "$dir/signing.key" > "$dir/public.key" 2>/dev/null
+    amqp() { python3 - "$@" <<'PY'
+import sys, pika
+what, exchange, queue = sys.argv[1:4]
+c = pika.BlockingConnection(pika.URLParameters("amqp://guest:guest@127.0.0.1:5672/%2f"))
+ch = c.channel()
+if what == "setup":
+    for e in (exchange, exchange + ".control"):
+        ch.exchange_declare(e, "topic", durable=True)
+    ch.queue_declare(queue, durable=True)
+    ch.queue_bind(queue, exchange, "#")
+    ch.queue_bind(queue, exchange + ".control", "#")
+elif what == "purge":
+    ch.queue_purge(queue)
+else:
+    ch.queue_delete(queue)
+    for e in (exchange, exchange + ".control"):
+        ch.exchange_delete(e)
+c.close()
+PY
+    }
+    amqp setup "$exchange" "$queue"
+    trap 'amqp delete "$exchange" "$queue" || true' EXIT
+    export BENCH_AMQP_PASSWORD=guest
+    out=$(mktemp)
+    /usr/bin/time -f '%e %M' -o "$out.time" "$bin" --config "$dir/fepd.toml" --log warn run --once | tee "$out"
+    read -r seconds rss_kb < "$out.time"
+    records=$(grep -oE '[0-9]+ record\(s\) delivered' "$out" | grep -oE '^[0-9]+')
+    "$bin" verify --amqp "amqp://guest:guest@127.0.0.1:5672/%2f" --queue "$queue" --pubkey "$dir/public.key" --expect "$records" --idle 10s | tail -2
+
+    amqp purge "$exchange" "$queue"
+    start=$(date +%s.%N)
+    "$bin" --config "$dir/fepd.toml" --log warn spool replay subsidy --from-seq 1 | tail -1
+    publish_s=$(echo "$(date +%s.%N) - $start" | bc)
+    echo "publish limit: $records records re-published in $publish_s s"
+
+    naive_rows=${BENCH_NAIVE_ROWS:-5000}
+    naive=$(python3 bench/naive_pika.py --limit "$naive_rows" --exchange "naive.bench.$$" --queue "naive.bench.$$" | tail -1)
+    echo "$naive"
+    naive_rate=$(echo "$naive" | grep -oE '[0-9.]+ rows/s' | grep -oE '^[0-9.]+')
+    awk -v n="$records" -v s="$seconds" -v nv="$naive_rate" \
+        'BEGIN { printf "fepd vs the naive per-row script: %.0fx (%d vs %.0f records/s)\n", (n / s) / nv, n / s, nv }'
+    awk -v n="$records" -v s="$seconds" -v k="$rss_kb" -v p="$publish_s" \
+        'BEGIN { printf "bench postgres-amqp: %d records/s, peak RSS %.0f MiB, publish limit %d records/s\n", n / s, k / 1024, n / p }'
+    ;;
 *)
-    echo "unknown benchmark $what (known: sqlite-dir, postgres-dir)" >&2; exit 2 ;;
+    echo "unknown benchmark $what (known: sqlite-dir, postgres-dir, postgres-amqp)" >&2; exit 2 ;;
 esac

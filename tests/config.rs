@@ -415,3 +415,82 @@ fn secrets_never_reach_debug_output_or_errors() {
         "inspection commands do not read secrets"
     );
 }
+
+#[test]
+fn the_example_amqp_sink_loads_and_its_mistakes_are_refused() {
+    // The example config's commented amqp sink, with its files present.
+    let text = std::fs::read_to_string(repo("config/fepd.example.toml")).unwrap();
+    let start = text
+        .find("# [sink]\n# type = \"amqp\"")
+        .expect("the amqp example");
+    let example: String = text[start..]
+        .lines()
+        .take_while(|l| l.starts_with("# "))
+        .map(|l| format!("{}\n", &l[2..]))
+        .collect();
+    let (d, _) = agent_dir(GOOD_AGENT);
+    for f in ["extranet-ca.pem", "client.pem", "client.key"] {
+        std::fs::write(d.path().join(f), "-----BEGIN CERTIFICATE-----\n").unwrap();
+    }
+    let sink = example.replace("/etc/fepd/", &format!("{}/", d.path().display()));
+    let amqp = GOOD_AGENT.replace("[sink]\ntype = \"dir\"\npath = \"out\"\n", &sink);
+    let p = d.path().join("fepd.toml");
+    std::fs::write(&p, &amqp).unwrap();
+    let config = AgentConfig::load(&p).unwrap_or_else(|e| panic!("{e}"));
+    match config.sink {
+        fepd::config::SinkConfig::Amqp(a) => {
+            assert!(a.external_auth && a.client_cert.is_some() && a.urls.len() == 2);
+            assert_eq!((a.window, a.exchange.as_str()), (16, "fep.records"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let cases: &[(&str, &str, &str)] = &[
+        ("ca_file = ", "# ca_file = ", "amqps:// needs the CA"),
+        (
+            "client_cert = ",
+            "# client_cert = ",
+            "client_cert and client_key go together",
+        ),
+        (
+            "auth = \"external\"",
+            "auth = \"external\"\nuser = \"u\"",
+            "remove user and password",
+        ),
+        (
+            "auth = \"external\"",
+            "auth = \"kerberos\"",
+            "unknown auth `kerberos`",
+        ),
+        (
+            "auth = \"external\"",
+            "auth = \"external\"\nwindow = 0",
+            "sink.window",
+        ),
+        (
+            "auth = \"external\"",
+            "auth = \"external\"\nconfirm_timeout = \"soon\"",
+            "sink.confirm_timeout",
+        ),
+        (
+            "urls = [",
+            "urls = [\"amqp://u:p@mq:5672/\", ",
+            "carries credentials",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        std::fs::write(&p, amqp.replacen(from, to, 1)).unwrap();
+        let err = AgentConfig::load(&p).expect_err(to).to_string();
+        assert!(
+            err.contains(expected),
+            "{to}: expected {expected:?} in {err}"
+        );
+        assert!(!err.contains("u:p@"), "no credentials echoed: {err}");
+    }
+    // The spool cap.
+    let capped = GOOD_AGENT.to_string() + "[spool]\nmax_bytes = \"512MiB\"\n";
+    std::fs::write(&p, &capped).unwrap();
+    assert_eq!(AgentConfig::load(&p).unwrap().spool.max_bytes, 512 << 20);
+    std::fs::write(&p, capped.replace("512MiB", "a lot")).unwrap();
+    let err = AgentConfig::load(&p).expect_err("bad size").to_string();
+    assert!(err.contains("spool.max_bytes"), "{err}");
+}
