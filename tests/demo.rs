@@ -275,3 +275,44 @@ async fn verify_reports_a_missing_batch_and_a_foreign_key() {
     );
     assert_eq!(b.seq, Some(second));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_batches_are_kept_for_retention_then_pruned() {
+    // Default retention (7 days): everything delivered stays, replayable.
+    let demo = common::demo_dir(1_000, 500).await;
+    let agent = demo.agent().await;
+    fepd::pipeline::run_once(&agent).await.expect("run");
+    let stats = agent.spool.stats().await.unwrap();
+    assert!(
+        stats.delivered_batches > 0 && stats.pending_batches == 0,
+        "{stats:?}"
+    );
+    assert_eq!(
+        agent.spool.first_retained_seq("subsidy").await.unwrap(),
+        Some(1)
+    );
+    let (batches, _) = agent.spool.replay("subsidy", 1).await.unwrap();
+    assert!(batches > 0, "retained batches can be replayed");
+    drop(agent);
+
+    // Retention over: the run prunes what was delivered, never what waits.
+    let text = std::fs::read_to_string(&demo.config).unwrap();
+    std::fs::write(
+        &demo.config,
+        text.replace("[spool]\n", "[spool]\nretention = \"0s\"\n"),
+    )
+    .unwrap();
+    let agent = demo.agent().await;
+    fepd::pipeline::run_once(&agent).await.expect("run");
+    let stats = agent.spool.stats().await.unwrap();
+    assert_eq!(
+        (stats.delivered_batches, stats.pending_batches),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        agent.spool.first_retained_seq("subsidy").await.unwrap(),
+        None
+    );
+    assert_eq!(agent.spool.replay("subsidy", 1).await.unwrap(), (0, 0));
+}
