@@ -580,3 +580,31 @@ async fn a_full_spool_pauses_extraction_with_an_alarm_and_drops_nothing() {
     assert_eq!(report["records"], expected as u64, "{report}");
     broker::delete_queue(&queue).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_given_by_ip_address_is_the_one_connected_to() {
+    // Ops often give brokers by address on the extranet. On 127.0.0.2 only the proxy
+    // listens, so delivering proves the address (not a default host) was used.
+    let proxy = broker::Proxy::start_on("127.0.0.2", "127.0.0.1:5672").await;
+    let exchange = unique("fep.records.ip");
+    let (_conn, _ch, queue) = queue_for(&exchange).await;
+    let demo = amqp_demo(
+        1_000,
+        &format!("\"amqp://127.0.0.2:{}/%2f\"", proxy.port),
+        &exchange,
+        "",
+    )
+    .await;
+    let agent = demo.agent().await;
+    let summary = fepd::pipeline::run_once(&agent)
+        .await
+        .expect("delivers via 127.0.0.2");
+    assert!(summary.delivered.records > 0);
+    assert!(
+        proxy
+            .upstream_bytes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
+    );
+    broker::delete_queue(&queue).await;
+}

@@ -201,7 +201,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: &'static str) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Proxy::start_on("127.0.0.1", target).await
+    }
+
+    /// A proxy listening on `ip` (any of 127.0.0.0/8 on Linux).
+    pub async fn start_on(ip: &str, target: &'static str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
         let generation = Arc::new(AtomicU64::new(0));
