@@ -4,8 +4,9 @@
 //! `rejects.<agent>` — reject reports, so the platform sees data-quality problems instead
 //! of silence.
 //!
-//! A reject report names the connector, the row's source key and every reason (field,
-//! rule, message), never the row's raw values: those stay in the local reject store.
+//! A reject report names the connector, the row's source key and every reason as field and
+//! rule id, never the row's values (a rule's message may quote them): those stay in the
+//! local reject store.
 //! Reports are sent from a watermark kept in the spool and advanced only after the sink
 //! confirmed the report; a report re-sent after a failure has the same message id.
 
@@ -158,11 +159,17 @@ pub async fn report_rejects(
         let entries: Vec<serde_json::Value> = rejects
             .iter()
             .map(|r| {
+                // Field and rule only: a rule's message may quote the value.
+                let reasons: Vec<serde_json::Value> = r
+                    .reasons
+                    .iter()
+                    .map(|reason| json!({"field": reason.field, "rule": reason.rule}))
+                    .collect();
                 json!({
                     "id": r.id,
                     "connector": r.connector,
                     "source_key": r.source_key,
-                    "reasons": r.reasons,
+                    "reasons": reasons,
                     "first_seen": r.first_seen,
                     "last_seen": r.last_seen,
                     "occurrences": r.occurrences,

@@ -67,6 +67,8 @@ pub struct Agent {
     pub sink: Arc<dyn Sink>,
     pub key: SigningKey,
     pub stop: Arc<Stop>,
+    /// Set when the current run's delivery task has ended (done or failed).
+    pub delivery_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A graceful-stop request: passes stop reading at the next chunk, commit what they have
@@ -111,6 +113,7 @@ impl Agent {
             sink,
             key,
             stop: Arc::new(Stop::default()),
+            delivery_ended: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -164,13 +167,24 @@ pub async fn run_selected(
 ) -> Result<RunSummary, PassError> {
     let notify = Arc::new(Notify::new());
     let (done_tx, done_rx) = watch::channel(false);
-    let delivery = tokio::spawn(deliver_until_done(
-        agent.spool.clone(),
-        agent.sink.clone(),
-        notify.clone(),
-        done_rx,
-        agent.stop.clone(),
-    ));
+    agent
+        .delivery_ended
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let delivery = {
+        let (spool, sink, stop, ended) = (
+            agent.spool.clone(),
+            agent.sink.clone(),
+            agent.stop.clone(),
+            agent.delivery_ended.clone(),
+        );
+        let notify = notify.clone();
+        tokio::spawn(async move {
+            let result = deliver_until_done(spool, sink, notify, done_rx, stop).await;
+            // A pass paused on a full spool must not wait for a delivery that has ended.
+            ended.store(true, std::sync::atomic::Ordering::SeqCst);
+            result
+        })
+    };
     let extraction = async {
         let mut summary = RunSummary::default();
         for c in agent
@@ -388,6 +402,7 @@ pub async fn run_pass_with_progress(
         cap: SpoolCap {
             max_bytes: i64::try_from(agent.config.spool.max_bytes).unwrap_or(i64::MAX),
             stop: agent.stop.clone(),
+            delivery_ended: agent.delivery_ended.clone(),
         },
         committed: committed.clone(),
         pending: None,
@@ -544,6 +559,7 @@ fn cursor_after(
 struct SpoolCap {
     max_bytes: i64,
     stop: Arc<Stop>,
+    delivery_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SpoolCap {
@@ -552,9 +568,13 @@ impl SpoolCap {
     /// the bounded channels behind hold the reader — with the alarm raised in the log and
     /// in the spool (`status`, heartbeat), until delivery makes room. Nothing undelivered
     /// is ever dropped. A stop request ends the wait (one more batch over the cap is
-    /// better than losing what was read).
-    async fn wait_for_room(&self, spool: &Spool) -> Result<(), SpoolError> {
-        if spool.batch_bytes().await? <= self.max_bytes {
+    /// better than losing what was read); a delivery that has ended ends the pass.
+    async fn wait_for_room(&self, spool: &Spool) -> Result<(), PassError> {
+        // The database's used pages bound the batch bytes and cost nothing to read; only
+        // near the cap are the batches summed.
+        if spool.used_bytes().await? <= self.max_bytes
+            || spool.batch_bytes().await? <= self.max_bytes
+        {
             return Ok(());
         }
         let dropped = spool.prune_for_space(self.max_bytes).await?;
@@ -574,6 +594,20 @@ impl SpoolCap {
             .await?;
         let mut alarmed_at: Option<std::time::Instant> = None;
         while used > self.max_bytes && !self.stop.is_requested() {
+            if self
+                .delivery_ended
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                // Nothing will make room in this run: end the pass (what is committed
+                // stays committed; the next run goes on from there).
+                return Err(PassError::Sink(SinkError::Refused {
+                    sink: "spool".into(),
+                    message: format!(
+                        "the spool is full ({used} of {} bytes) and delivery has stopped (see its error); extraction stops here, nothing is lost",
+                        self.max_bytes
+                    ),
+                }));
+            }
             if alarmed_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 tracing::error!(batch_bytes = used, max_bytes = self.max_bytes, since = %since, "SPOOL FULL: extraction paused until the sink takes batches; nothing is dropped. Check the sink (`fepd status`), or raise spool.max_bytes");
                 alarmed_at = Some(std::time::Instant::now());
@@ -585,13 +619,15 @@ impl SpoolCap {
             spool.prune_for_space(self.max_bytes).await?;
             used = spool.batch_bytes().await?;
         }
-        spool
-            .set_agent_state(crate::spool::SPOOL_FULL_SINCE, None)
-            .await?;
-        tracing::info!(
-            batch_bytes = used,
-            "spool has room again; extraction resumes"
-        );
+        if used <= self.max_bytes {
+            spool
+                .set_agent_state(crate::spool::SPOOL_FULL_SINCE, None)
+                .await?;
+            tracing::info!(
+                batch_bytes = used,
+                "spool has room again; extraction resumes"
+            );
+        }
         Ok(())
     }
 }

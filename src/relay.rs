@@ -7,9 +7,10 @@
 //! files already listed there are skipped. A file relayed twice anyway (the log lost, two
 //! relays at once) is the same message with the same id and seqs, which consumers
 //! recognise as a whole-batch duplicate. A file whose body does not match its manifest's
-//! digest is not relayed: it is reported, and the relay fails so ops look at it.
+//! digest is not relayed, nor anything after it of the same connector (order is kept): it
+//! is reported, and the relay fails so ops look at it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -57,32 +58,58 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RelayError + '_ {
 struct RelayLog {
     path: PathBuf,
     done: HashSet<String>,
+    /// Per connector, the seq the next relayed batch must start with (from the log lines
+    /// `<message_id> <next_seq>`; control messages have no seq).
+    next_seq: HashMap<String, i64>,
     file: std::fs::File,
 }
 
 impl RelayLog {
     fn open(dir: &Path) -> Result<RelayLog, RelayError> {
         let path = dir.join(RELAYED_LOG);
-        let done = match std::fs::read_to_string(&path) {
-            Ok(text) => text.lines().map(str::to_string).collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
             Err(e) => return Err(io_err(&path)(e)),
         };
+        let mut done = HashSet::new();
+        let mut next_seq: HashMap<String, i64> = HashMap::new();
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let Some(id) = parts.next() else { continue };
+            done.insert(id.to_string());
+            if let (Some(next), Some(connector)) = (
+                parts.next().and_then(|n| n.parse::<i64>().ok()),
+                id.split('/').nth(1),
+            ) {
+                let e = next_seq.entry(connector.to_string()).or_insert(next);
+                *e = (*e).max(next);
+            }
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        Ok(RelayLog { path, done, file })
+        Ok(RelayLog {
+            path,
+            done,
+            next_seq,
+            file,
+        })
     }
 
-    fn record(&mut self, ids: &[String]) -> Result<(), RelayError> {
-        if ids.is_empty() {
+    /// Appends confirmed messages: `(message_id, next seq of its connector)`.
+    fn record(&mut self, relayed: &[(String, Option<i64>)]) -> Result<(), RelayError> {
+        if relayed.is_empty() {
             return Ok(());
         }
         let mut text = String::new();
-        for id in ids {
+        for (id, next) in relayed {
             text.push_str(id);
+            if let Some(n) = next {
+                text.push_str(&format!(" {n}"));
+            }
             text.push('\n');
             self.done.insert(id.clone());
         }
@@ -139,14 +166,27 @@ pub async fn relay_dir(dir: &Path, sink: &dyn Sink) -> Result<RelayReport, Relay
     manifests.sort();
 
     let window = sink.window().max(1);
-    let mut in_flight: VecDeque<(String, u64, Receipt)> = VecDeque::new();
-    let mut confirmed: Vec<String> = Vec::new();
-    for (_, _, path) in &manifests {
+    let mut in_flight: VecDeque<((String, Option<i64>), u64, Receipt)> = VecDeque::new();
+    let mut confirmed: Vec<(String, Option<i64>)> = Vec::new();
+    // What each connector's next batch must start with, as relayed so far.
+    let mut expected = log.next_seq.clone();
+    // A connector whose file is damaged or incomplete is held there: relaying its later
+    // batches first would put them out of order on the queue.
+    let mut held: HashSet<String> = HashSet::new();
+    for (connector, _, path) in &manifests {
+        if held.contains(connector) {
+            report.damaged.push((
+                path.clone(),
+                "held back behind an earlier file of the same connector".into(),
+            ));
+            continue;
+        }
         let batch = match read_batch(dir, path) {
             Ok(b) => b,
             Err(why) => {
                 tracing::error!(file = %path.display(), reason = %why, "not relayed");
                 report.damaged.push((path.clone(), why));
+                held.insert(connector.clone());
                 continue;
             }
         };
@@ -155,6 +195,21 @@ pub async fn relay_dir(dir: &Path, sink: &dyn Sink) -> Result<RelayReport, Relay
             report.skipped += 1;
             continue;
         }
+        if let Some(&next) = expected.get(&batch.meta.connector)
+            && batch.meta.first_seq > next
+        {
+            let why = format!(
+                "seq {next}..{} of {} has not arrived yet; this and later files wait for it",
+                batch.meta.first_seq - 1,
+                batch.meta.connector
+            );
+            tracing::warn!(file = %path.display(), reason = %why, "not relayed yet");
+            report.damaged.push((path.clone(), why));
+            held.insert(connector.clone());
+            continue;
+        }
+        expected.insert(batch.meta.connector.clone(), batch.meta.last_seq + 1);
+        let id = (id, Some(batch.meta.last_seq + 1));
         if in_flight.len() >= window
             && let Some((id, records, receipt)) = in_flight.pop_front()
         {
@@ -222,7 +277,7 @@ async fn relay_control(
             continue;
         }
         sink.send_control(&message).await?;
-        log.record(std::slice::from_ref(&message.message_id))?;
+        log.record(&[(message.message_id.clone(), None)])?;
         sent += 1;
     }
     Ok(sent)

@@ -339,6 +339,10 @@ async fn heartbeat_and_reject_reports_go_to_the_control_exchange() {
     );
     for r in &rejects {
         assert!(r["reasons"][0]["rule"].is_string(), "{r}");
+        assert!(
+            r["reasons"][0].get("message").is_none(),
+            "messages may quote values: {r}"
+        );
         assert!(r.get("raw").is_none(), "raw values stay local: {r}");
     }
     let hb = &heartbeats[1];
@@ -607,4 +611,108 @@ async fn a_broker_given_by_ip_address_is_the_one_connected_to() {
             > 0
     );
     broker::delete_queue(&queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_waits_for_a_file_that_has_not_crossed_yet() {
+    let demo = common::demo_dir(3_000, 500).await;
+    let out = fepd(&["run", "--once", "-c", demo.config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let outbox = demo.outbox();
+    // The gateway has delivered everything but subsidy's second batch (its manifest comes
+    // last, so without it the batch is not there yet).
+    let mut subsidy: Vec<(i64, String)> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            let seq = name
+                .strip_prefix("subsidy-")?
+                .strip_suffix(".json")?
+                .parse()
+                .ok()?;
+            Some((seq, name))
+        })
+        .collect();
+    subsidy.sort();
+    let (second_seq, second) = subsidy[1].clone();
+    let third_seq = subsidy[2].0;
+    let held = tempfile::tempdir().unwrap();
+    std::fs::rename(outbox.join(&second), held.path().join(&second)).unwrap();
+
+    let exchange = unique("fep.records.gap");
+    let (_conn, ch, queue) = queue_for(&exchange).await;
+    let control_queue = unique("fepd.test.control");
+    broker::bind_queue(&ch, &format!("{exchange}.control"), &control_queue).await;
+    let relay = amqp_demo(10, "\"amqp://127.0.0.1:5672/%2f\"", &exchange, "").await;
+    let relay_config = relay.config.to_str().unwrap().to_string();
+    let dir = outbox.to_str().unwrap();
+
+    let first = fepd(&["relay", dir, "-c", &relay_config]);
+    let said = text(&first);
+    assert!(!first.status.success(), "{said}");
+    let waiting = format!(
+        "seq {second_seq}..{} of subsidy has not arrived yet",
+        third_seq - 1
+    );
+    assert!(said.contains(&waiting), "{said}");
+
+    std::fs::rename(held.path().join(&second), outbox.join(&second)).unwrap();
+    let again = fepd(&["relay", dir, "-c", &relay_config]);
+    assert!(again.status.success(), "{}", text(&again));
+
+    let pubkey = broker::pubkey_file(&demo);
+    let verified = fepd(&[
+        "verify",
+        "--amqp",
+        BROKER,
+        "--queue",
+        &queue,
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+        "--idle",
+        "3s",
+    ]);
+    let said = text(&verified);
+    assert!(verified.status.success(), "in order, no gap: {said}");
+    assert!(said.contains(" 0 re-sent batch(es)"), "{said}");
+    broker::delete_queue(&queue).await;
+    broker::delete_queue(&control_queue).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_with_delivery_refused_ends_the_pass_instead_of_waiting_forever() {
+    // The platform forbids declaring and the exchange does not exist: delivery is refused
+    // for good, so a pass paused on the full spool must end (and keep what it committed).
+    let exchange = unique("fep.records.missing");
+    let demo = amqp_demo(
+        80_000,
+        "\"amqp://127.0.0.1:5672/%2f\"",
+        &exchange,
+        "passive = true",
+    )
+    .await;
+    let config = std::fs::read_to_string(&demo.config).unwrap();
+    std::fs::write(
+        &demo.config,
+        config.replace("[spool]\n", "[spool]\nmax_bytes = \"1MiB\"\n"),
+    )
+    .unwrap();
+    let agent = demo.agent().await;
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        fepd::pipeline::run_once(&agent),
+    )
+    .await
+    .expect("the run ends");
+    let err = result.expect_err("delivery refused").to_string();
+    assert!(err.contains("exchange"), "{err}");
+    let stats = agent.spool.stats().await.unwrap();
+    assert!(
+        stats.pending_records > 0,
+        "what was read stays spooled: {stats:?}"
+    );
+    assert!(
+        (stats.pending_records as usize) < 80_000,
+        "extraction stopped at the cap: {stats:?}"
+    );
 }

@@ -109,7 +109,8 @@ impl AmqpSink {
     /// Connects to the first broker that answers and prepares the channel.
     async fn connect(&self) -> Result<Link, SinkError> {
         let mut failures = Vec::new();
-        let mut refused = false;
+        // Refused only when every broker refused: one down and one refusing may pass.
+        let mut refused = true;
         for url in &self.config.urls {
             match self.connect_one(url).await {
                 Ok(link) => {
@@ -117,7 +118,7 @@ impl AmqpSink {
                     return Ok(link);
                 }
                 Err(e) => {
-                    refused |= is_refusal(&e);
+                    refused &= is_refusal(&e);
                     failures.push(format!("{}: {e}", redact_url(url)));
                 }
             }
@@ -238,9 +239,11 @@ impl AmqpSink {
         let Some(current) = link.as_ref() else {
             return Err(self.error("not connected"));
         };
-        let published = current
-            .channel
-            .basic_publish(
+        // lapin returns from a publish once its frames are written, and writes nothing
+        // while the broker blocks the connection: bound that wait too.
+        let published = tokio::time::timeout(
+            self.config.confirm_timeout,
+            current.channel.basic_publish(
                 exchange.into(),
                 routing_key.into(),
                 BasicPublishOptions {
@@ -249,15 +252,28 @@ impl AmqpSink {
                 },
                 body,
                 properties,
-            )
-            .await;
+            ),
+        )
+        .await;
         match published {
-            Ok(confirm) => Ok((confirm, current.connection.status().clone())),
-            Err(e) => {
+            Ok(Ok(confirm)) => Ok((confirm, current.connection.status().clone())),
+            Ok(Err(e)) => {
                 // Start from a fresh connection next time: after an error lapin's channel
                 // state is not to be trusted.
                 *link = None;
                 Err(self.error(format!("publish: {e}")))
+            }
+            Err(_) => {
+                let why = if current.connection.status().blocked() {
+                    "the broker blocks this connection (a memory or disk alarm on the broker)"
+                } else {
+                    "the broker or the network is not taking data"
+                };
+                *link = None;
+                Err(self.error(format!(
+                    "publish not written within {}: {why}",
+                    humantime(self.config.confirm_timeout)
+                )))
             }
         }
     }

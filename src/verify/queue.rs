@@ -109,6 +109,12 @@ pub async fn verify_queue(
         ),
         None => None,
     };
+    if source.url.parse::<lapin::uri::AMQPUri>().is_err() {
+        // The parser's message repeats the whole URL, password included.
+        return Err(fail(
+            "not a valid amqp:// or amqps:// URL (amqp://user@host:5672/vhost)".into(),
+        ));
+    }
     let runtime = lapin::runtime::default_runtime().map_err(|e| fail(e.to_string()))?;
     let connect = Connection::connect_with_config(
         &source.url,
@@ -165,7 +171,9 @@ pub async fn verify_queue(
             .map(|m| m.as_str().to_string())
             .unwrap_or_default();
         let schema = headers.get("fep-schema").and_then(|v| v.as_str());
-        if schema != Some(crate::envelope::SCHEMA) {
+        let is_control =
+            schema.is_some_and(|s| s.starts_with("fep.") && s != crate::envelope::SCHEMA);
+        if is_control {
             out.control_messages += 1;
         } else {
             let n = check_message(
