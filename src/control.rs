@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::config::{AgentConfig, SourceConfig};
 use crate::sink::{Sink, SinkError};
-use crate::spool::{REJECTS_REPORTED, RejectFilter, Spool};
+use crate::spool::{REJECTS_REPORTED, REJECTS_SENDING, RejectFilter, Spool};
 
 /// Control exchange.
 pub const CONTROL_EXCHANGE: &str = "fep.control";
@@ -145,14 +145,26 @@ pub async fn report_rejects(
             .await?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
+        // A report cut off by a failure is sent again as it was (same rejects, same id),
+        // even if new rejects arrived since.
+        let sending: Option<i64> = spool
+            .agent_state(REJECTS_SENDING)
+            .await?
+            .and_then(|v| v.parse().ok());
         let rejects = spool
             .rejects(&RejectFilter {
                 after_id: Some(watermark),
+                up_to_id: sending,
                 limit: Some(REJECTS_PER_REPORT),
                 ..Default::default()
             })
             .await?;
         let (Some(first), Some(last)) = (rejects.first(), rejects.last()) else {
+            if sending.is_some() {
+                // The report in flight had been confirmed after all.
+                spool.set_agent_state(REJECTS_SENDING, None).await?;
+                continue;
+            }
             return Ok(reported);
         };
         let (first_id, last_id) = (first.id, last.id);
@@ -191,10 +203,14 @@ pub async fn report_rejects(
             format!("rejects-{}-{first_id}-{last_id}", config.agent_id),
             &body,
         );
+        spool
+            .set_agent_state(REJECTS_SENDING, Some(&last_id.to_string()))
+            .await?;
         sink.send_control(&message).await?;
         spool
             .set_agent_state(REJECTS_REPORTED, Some(&last_id.to_string()))
             .await?;
+        spool.set_agent_state(REJECTS_SENDING, None).await?;
         reported += rejects.len() as u64;
     }
 }

@@ -316,3 +316,40 @@ async fn delivered_batches_are_kept_for_retention_then_pruned() {
     );
     assert_eq!(agent.spool.replay("subsidy", 1).await.unwrap(), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reject_report_cut_off_is_sent_again_unchanged() {
+    let demo = common::demo_dir(2_000, 500).await;
+    // The outbox cannot take control messages (a file where their directory goes).
+    std::fs::create_dir_all(demo.outbox()).unwrap();
+    std::fs::write(demo.outbox().join("control"), b"in the way").unwrap();
+    let agent = demo.agent().await;
+    run_once(&agent).await.expect("records still delivered");
+    let planted = demo.generated.planted.len() as i64;
+
+    // Meanwhile a new bad row arrives: an amount with three decimals.
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", demo.db().display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO subsidy_payment SELECT 99999999, project_code, name, id_card, village_code, bank_account, \
+         '12.345', pay_date, period, '2099-01-01 00:00:00' FROM subsidy_payment WHERE amount NOT LIKE '-%' LIMIT 1",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    std::fs::remove_file(demo.outbox().join("control")).unwrap();
+    run_once(&agent).await.expect("second run");
+    let mut reports: Vec<String> = std::fs::read_dir(demo.outbox().join("control"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("rejects-"))
+        .collect();
+    reports.sort();
+    // The cut-off report again with its own content and id, then the new reject alone.
+    let first = format!("rejects-demo-430124-1-{planted}.json");
+    let second = format!("rejects-demo-430124-{}-{}.json", planted + 1, planted + 1);
+    assert_eq!(reports, vec![first, second]);
+}

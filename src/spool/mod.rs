@@ -177,6 +177,9 @@ pub struct ConnectorBacklog {
 pub const SPOOL_FULL_SINCE: &str = "spool_full_since";
 /// Key of the reject-report watermark (highest reject id reported) in `agent_state`.
 pub const REJECTS_REPORTED: &str = "rejects_reported";
+/// Key of the reject report being sent (its last id) in `agent_state`: a report that may
+/// have reached the broker is re-sent with the same content and message id.
+pub const REJECTS_SENDING: &str = "rejects_sending";
 
 fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -30,6 +30,8 @@ pub struct RejectFilter {
     pub rule: Option<String>,
     /// Only rejects with a higher id (for reject reports).
     pub after_id: Option<i64>,
+    /// Only rejects with this id or a lower one (to re-send a report unchanged).
+    pub up_to_id: Option<i64>,
     pub limit: Option<i64>,
 }
 
@@ -64,13 +66,14 @@ impl Spool {
             "SELECT id, connector, source_key, raw, reasons, first_seen, last_seen, occurrences FROM rejects \
              WHERE (?1 IS NULL OR connector = ?1) \
                AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(rejects.reasons) WHERE json_extract(value, '$.rule') = ?2)) \
-               AND id > ?4 \
+               AND id > ?4 AND id <= ?5 \
              ORDER BY id LIMIT ?3",
         )
         .bind(filter.connector.as_deref())
         .bind(filter.rule.as_deref())
         .bind(filter.limit.unwrap_or(i64::MAX))
         .bind(filter.after_id.unwrap_or(0))
+        .bind(filter.up_to_id.unwrap_or(i64::MAX))
         .fetch_all(self.pool())
         .await
         .map_err(|e| self.err(e))?;
