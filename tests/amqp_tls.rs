@@ -3,7 +3,8 @@
 //! certificate generated for the test, free ports, its own data directory — the machine's
 //! main broker is not touched). Shown: verification against the configured CA with the
 //! host name succeeds and mTLS with SASL EXTERNAL logs in; a server certificate from
-//! another CA is refused with a clear error; a missing client certificate is refused.
+//! another CA, or for another name, is refused with a clear error; a missing client
+//! certificate is refused.
 
 mod common;
 
@@ -149,6 +150,24 @@ async fn tls_verifies_the_broker_and_client_certificates_are_required() {
         started.elapsed() < Duration::from_secs(30),
         "no retrying a refusal"
     );
+    drop(agent);
+
+    // The right CA, the wrong name: the broker reached as 127.0.0.2 (through a proxy) has
+    // no certificate for that address.
+    let target: &'static str = Box::leak(format!("127.0.0.1:{}", node.tls_port).into_boxed_str());
+    let proxy = common::broker::Proxy::start_on("127.0.0.2", target).await;
+    let renamed = sink.replace(
+        &format!("amqps://localhost:{}/", node.tls_port),
+        &format!("amqps://127.0.0.2:{}/", proxy.port),
+    );
+    let demo = demo_with_sink(&renamed).await;
+    let agent = demo.agent().await;
+    let err = fepd::pipeline::run_once(&agent)
+        .await
+        .expect_err("a certificate for another name is refused");
+    let said = err.to_string();
+    assert!(!err.is_retryable(), "{said}");
+    assert!(said.contains("not valid for name \"127.0.0.2\""), "{said}");
     drop(agent);
 
     // No client certificate where the broker requires one (user and password alone).
