@@ -98,13 +98,19 @@ pub async fn bind_queue(ch: &lapin::Channel, exchange: &str, queue: &str) {
     )
     .await
     .unwrap();
+    // A queue a failed test leaves behind goes away by itself after ten idle minutes.
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-expires".into(),
+        lapin::types::AMQPValue::LongInt(600_000),
+    );
     ch.queue_declare(
         queue.into(),
         QueueDeclareOptions {
             durable: true,
             ..Default::default()
         },
-        FieldTable::default(),
+        args,
     )
     .await
     .unwrap();
