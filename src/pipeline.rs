@@ -69,6 +69,9 @@ pub struct Agent {
     pub stop: Arc<Stop>,
     /// Set when the current run's delivery task has ended (done or failed).
     pub delivery_ended: Arc<std::sync::atomic::AtomicBool>,
+    /// Set by a commit that found the spool full: the pass ends at its next chunk and
+    /// waits for room before going on.
+    pub spool_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A graceful-stop request: passes stop reading at the next chunk, commit what they have
@@ -114,6 +117,7 @@ impl Agent {
             key,
             stop: Arc::new(Stop::default()),
             delivery_ended: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            spool_full: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         })
     }
 
@@ -141,6 +145,20 @@ pub struct PassStats {
     pub rejects: u64,
     pub batches: u64,
     pub seconds: f64,
+}
+
+impl PassStats {
+    /// Two parts of one pass (cut at a full spool), added up.
+    fn plus(mut self, more: &PassStats) -> PassStats {
+        self.rows_read += more.rows_read;
+        self.records += more.records;
+        self.deletes += more.deletes;
+        self.unchanged += more.unchanged;
+        self.rejects += more.rejects;
+        self.batches += more.batches;
+        self.seconds += more.seconds;
+        self
+    }
 }
 
 /// What `run_once` did.
@@ -234,8 +252,30 @@ pub async fn run_pass_retrying(
     progress: Progress<'_>,
 ) -> Result<PassStats, PassError> {
     let mut attempt = 1;
+    let cap = SpoolCap::of(agent);
+    // Passes cut short by a full spool, added up.
+    let mut so_far: Option<PassStats> = None;
     loop {
+        cap.wait_for_room(&agent.spool).await?;
         match run_pass_with_progress(agent, c, committed, progress).await {
+            Ok(stats)
+                if agent.spool_full.load(std::sync::atomic::Ordering::SeqCst)
+                    && !agent.stop.is_requested() =>
+            {
+                // Ended at a chunk boundary because the spool filled up: wait for room,
+                // then go on from the committed cursor.
+                tracing::warn!(connector = %c.name, "spool full: pass paused at a chunk boundary");
+                so_far = Some(match so_far {
+                    Some(total) => total.plus(&stats),
+                    None => stats,
+                });
+            }
+            Ok(stats) => {
+                return Ok(match so_far {
+                    Some(total) => total.plus(&stats),
+                    None => stats,
+                });
+            }
             Err(e) if e.is_retryable() && attempt < PASS_ATTEMPTS && !agent.stop.is_requested() => {
                 let base =
                     Duration::from_secs(1u64 << (attempt - 1).min(5)).min(Duration::from_secs(30));
@@ -399,11 +439,7 @@ pub async fn run_pass_with_progress(
             _ => None,
         },
         batch_size: agent.config.spool.batch_size,
-        cap: SpoolCap {
-            max_bytes: i64::try_from(agent.config.spool.max_bytes).unwrap_or(i64::MAX),
-            stop: agent.stop.clone(),
-            delivery_ended: agent.delivery_ended.clone(),
-        },
+        cap: SpoolCap::of(agent),
         committed: committed.clone(),
         pending: None,
         time_zone: agent.config.time_zone,
@@ -481,7 +517,11 @@ pub async fn run_pass_with_progress(
                     advance(&mut last_cursor, last_row.as_ref());
                     chunk.cursor = last_cursor.clone();
                     let full = std::mem::take(&mut chunk);
-                    if tx.send(full).await.is_err() || agent.stop.is_requested() || !in_window(c) {
+                    if tx.send(full).await.is_err()
+                        || agent.stop.is_requested()
+                        || !in_window(c)
+                        || agent.spool_full.load(std::sync::atomic::Ordering::SeqCst)
+                    {
                         complete = false;
                         break;
                     }
@@ -560,22 +600,28 @@ struct SpoolCap {
     max_bytes: i64,
     stop: Arc<Stop>,
     delivery_ended: Arc<std::sync::atomic::AtomicBool>,
+    full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SpoolCap {
-    /// Returns when the spool has room. When it is full, delivered batches are dropped
-    /// early (retention gives way first); if it is still full, extraction pauses here —
-    /// the bounded channels behind hold the reader — with the alarm raised in the log and
-    /// in the spool (`status`, heartbeat), until delivery makes room. Nothing undelivered
-    /// is ever dropped. A stop request ends the wait (one more batch over the cap is
-    /// better than losing what was read); a delivery that has ended ends the pass.
-    async fn wait_for_room(&self, spool: &Spool) -> Result<(), PassError> {
+    fn of(agent: &Agent) -> SpoolCap {
+        SpoolCap {
+            max_bytes: i64::try_from(agent.config.spool.max_bytes).unwrap_or(i64::MAX),
+            stop: agent.stop.clone(),
+            delivery_ended: agent.delivery_ended.clone(),
+            full: agent.spool_full.clone(),
+        }
+    }
+
+    /// Whether the spool is over its cap after dropping delivered batches early
+    /// (retention gives way first). Undelivered batches are never dropped.
+    async fn over(&self, spool: &Spool) -> Result<bool, PassError> {
         // The database's used pages bound the batch bytes and cost nothing to read; only
         // near the cap are the batches summed.
         if spool.used_bytes().await? <= self.max_bytes
             || spool.batch_bytes().await? <= self.max_bytes
         {
-            return Ok(());
+            return Ok(false);
         }
         let dropped = spool.prune_for_space(self.max_bytes).await?;
         if dropped > 0 {
@@ -584,10 +630,30 @@ impl SpoolCap {
                 "spool full: delivered batches dropped before their retention ended"
             );
         }
-        let mut used = spool.batch_bytes().await?;
-        if used <= self.max_bytes {
+        Ok(spool.batch_bytes().await? > self.max_bytes)
+    }
+
+    /// Before a commit: when the spool is full, tells the reader to end the pass at its
+    /// next chunk (closing its source query) instead of holding the query open while
+    /// waiting. What is already read is committed: a few batches over the cap at most.
+    async fn check(&self, spool: &Spool) -> Result<(), PassError> {
+        if self.over(spool).await? {
+            self.full.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Before a pass: returns when the spool has room. While it is full, extraction is
+    /// paused here — no source query open — with the alarm raised in the log and in the
+    /// spool (`status`, heartbeat), until delivery makes room. A stop request ends the
+    /// wait (the pass then stops at once); a delivery that has ended ends the pass with
+    /// an error.
+    async fn wait_for_room(&self, spool: &Spool) -> Result<(), PassError> {
+        self.full.store(false, std::sync::atomic::Ordering::SeqCst);
+        if !self.over(spool).await? {
             return Ok(());
         }
+        let mut used = spool.batch_bytes().await?;
         let since = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         spool
             .set_agent_state(crate::spool::SPOOL_FULL_SINCE, Some(&since))
@@ -653,7 +719,7 @@ async fn committer(
             .buffered(2);
     futures_util::pin_mut!(compressed);
     while let Some(p) = compressed.next().await {
-        cap.wait_for_room(&spool).await?;
+        cap.check(&spool).await?;
         commit_now(&spool, &connector, p?, &committed).await?;
     }
     Ok(())
