@@ -26,6 +26,7 @@ pub mod keys;
 pub mod mapping;
 pub mod pipeline;
 pub mod relay;
+pub mod retry;
 pub mod schema;
 pub mod sink;
 pub mod source;

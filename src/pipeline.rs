@@ -277,13 +277,10 @@ pub async fn run_pass_retrying(
                 });
             }
             Err(e) if e.is_retryable() && attempt < PASS_ATTEMPTS && !agent.stop.is_requested() => {
-                let base =
-                    Duration::from_secs(1u64 << (attempt - 1).min(5)).min(Duration::from_secs(30));
-                let jitter =
-                    Duration::from_millis(u64::from(Utc::now().timestamp_subsec_millis()) % 500);
-                tracing::warn!(connector = %c.name, error = %e, attempt, retry_in = ?(base + jitter), "pass failed; retrying from the last committed cursor");
+                let wait = crate::retry::backoff(attempt);
+                tracing::warn!(connector = %c.name, error = %e, attempt, retry_in = ?wait, "pass failed; retrying from the last committed cursor");
                 tokio::select! {
-                    _ = tokio::time::sleep(base + jitter) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = agent.stop.wait() => return Err(e),
                 }
                 attempt += 1;
@@ -332,7 +329,7 @@ async fn deliver_until_done(
                         return Err(e);
                     }
                 }
-                let wait = sink::backoff(attempt);
+                let wait = crate::retry::backoff(attempt);
                 tracing::warn!(sink = %sink.describe(), error = %e, attempt, retry_in = ?wait, "delivery failed; batches stay spooled and will be re-sent");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
