@@ -260,7 +260,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         } => match (dir, amqp, queue) {
             (_, Some(url), Some(queue)) => {
                 let source = verify::queue::QueueSource {
-                    url: with_env_password(url),
+                    url,
+                    password: std::env::var("FEPD_VERIFY_PASSWORD").ok(),
                     queue,
                     ca_file,
                     idle: parse_duration(&idle)
@@ -874,44 +875,6 @@ fn verify_cmd(dir: &Path, pubkey: &str) -> Result<ExitCode> {
         println!("BROKEN: {b}");
     }
     Ok(ExitCode::FAILURE)
-}
-
-/// Puts FEPD_VERIFY_PASSWORD into the URL's user information, so the password need not be
-/// on the command line (where `ps` shows it).
-fn with_env_password(url: String) -> String {
-    let Ok(password) = std::env::var("FEPD_VERIFY_PASSWORD") else {
-        return url;
-    };
-    let Ok(mut uri) = url.parse::<lapin::uri::AMQPUri>() else {
-        return url;
-    };
-    uri.authority.userinfo.password = password;
-    let scheme = if url.starts_with("amqps://") {
-        "amqps"
-    } else {
-        "amqp"
-    };
-    let user = &uri.authority.userinfo;
-    format!(
-        "{scheme}://{}:{}@{}:{}/{}",
-        urlencode(&user.username),
-        urlencode(&user.password),
-        uri.authority.host,
-        uri.authority.port,
-        urlencode(&uri.vhost)
-    )
-}
-
-fn urlencode(text: &str) -> String {
-    let mut out = String::new();
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 async fn verify_queue_cmd(source: &verify::queue::QueueSource, pubkey: &str) -> Result<ExitCode> {

@@ -29,6 +29,8 @@ use crate::config::redact_url;
 pub struct QueueSource {
     /// `amqp://user:pass@host:5672/vhost` or `amqps://…`.
     pub url: String,
+    /// Overrides the URL's password (so it need not be on the command line).
+    pub password: Option<String>,
     pub queue: String,
     /// CA bundle for `amqps://`.
     pub ca_file: Option<PathBuf>,
@@ -109,15 +111,16 @@ pub async fn verify_queue(
         ),
         None => None,
     };
-    if source.url.parse::<lapin::uri::AMQPUri>().is_err() {
-        // The parser's message repeats the whole URL, password included.
-        return Err(fail(
-            "not a valid amqp:// or amqps:// URL (amqp://user@host:5672/vhost)".into(),
-        ));
+    // The parser's own message repeats the whole URL, password included.
+    let mut uri: lapin::uri::AMQPUri = source.url.parse().map_err(|_| {
+        fail("not a valid amqp:// or amqps:// URL (amqp://user@host:5672/vhost)".into())
+    })?;
+    if let Some(password) = &source.password {
+        uri.authority.userinfo.password = password.clone();
     }
     let runtime = lapin::runtime::default_runtime().map_err(|e| fail(e.to_string()))?;
-    let connect = Connection::connect_with_config(
-        &source.url,
+    let connect = Connection::connect_uri_with_config(
+        uri,
         ConnectionProperties::default(),
         OwnedTLSConfig {
             identity: None,
