@@ -264,11 +264,7 @@ impl AmqpSink {
                 Err(self.error(format!("publish: {e}")))
             }
             Err(_) => {
-                let why = if current.connection.status().blocked() {
-                    "the broker blocks this connection (a memory or disk alarm on the broker)"
-                } else {
-                    "the broker or the network is not taking data"
-                };
+                let why = stall_reason(current.connection.status());
                 *link = None;
                 Err(self.error(format!(
                     "publish not written within {}: {why}",
@@ -298,11 +294,7 @@ impl AmqpSink {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return Err(error(format!("confirm of {what}: {e}"))),
                 Err(_) => {
-                    let why = if status.blocked() {
-                        "the broker blocks this connection (a memory or disk alarm on the broker)"
-                    } else {
-                        "the broker or the network is not answering"
-                    };
+                    let why = stall_reason(&status);
                     return Err(error(format!(
                         "no confirm of {what} within {}: {why}; it will be re-sent",
                         humantime(timeout)
@@ -323,6 +315,16 @@ impl AmqpSink {
                 }
             }
         })
+    }
+}
+
+/// Why the broker takes nothing: a blocked connection (lapin knows from the broker's
+/// `connection.blocked`), or a broker or network gone silent.
+fn stall_reason(status: &lapin::ConnectionStatus) -> &'static str {
+    if status.blocked() {
+        "the broker blocks this connection (a memory or disk alarm on the broker)"
+    } else {
+        "the broker or the network is not answering"
     }
 }
 

@@ -250,36 +250,32 @@ impl Spool {
     /// Opens an existing spool for a short write while the agent may be running (it holds
     /// the lock): `fepd spool replay`. SQLite's own locking keeps the write safe.
     pub async fn open_beside_agent(state_dir: &Path) -> Result<Spool, SpoolError> {
-        let path = state_dir.join("spool.db");
-        if !path.is_file() {
-            return Err(SpoolError::Corrupt {
-                path,
-                message: "no spool yet: run `fepd run --once` (or start the service) first".into(),
-            });
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(60))
-            .disable_statement_logging();
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
-            .await
-            .map_err(|source| SpoolError::Sqlite {
-                path: path.clone(),
-                source,
-            })?;
-        Ok(Spool {
-            pool,
-            path,
-            _lock: None,
-        })
+        Spool::open_existing(
+            state_dir,
+            SqliteConnectOptions::new()
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(60)),
+        )
+        .await
     }
 
     /// Opens an existing spool read-only, without the lock: for `status` and `rejects`
     /// while the agent runs.
     pub async fn open_reader(state_dir: &Path) -> Result<Spool, SpoolError> {
+        Spool::open_existing(
+            state_dir,
+            SqliteConnectOptions::new()
+                .read_only(true)
+                .busy_timeout(Duration::from_secs(10)),
+        )
+        .await
+    }
+
+    /// Opens an existing spool on one connection without taking the lock.
+    async fn open_existing(
+        state_dir: &Path,
+        options: SqliteConnectOptions,
+    ) -> Result<Spool, SpoolError> {
         let path = state_dir.join("spool.db");
         if !path.is_file() {
             return Err(SpoolError::Corrupt {
@@ -287,14 +283,9 @@ impl Spool {
                 message: "no spool yet: run `fepd run --once` (or start the service) first".into(),
             });
         }
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .read_only(true)
-            .busy_timeout(Duration::from_secs(10))
-            .disable_statement_logging();
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options)
+            .connect_with(options.filename(&path).disable_statement_logging())
             .await
             .map_err(|source| SpoolError::Sqlite {
                 path: path.clone(),
