@@ -10,7 +10,7 @@
 //! digest is not relayed, nor anything after it of the same connector (order is kept): it
 //! is reported, and the relay fails so ops look at it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::control::ControlMessage;
 use crate::envelope::BatchMeta;
 use crate::sink::dir::CONTROL_DIR;
-use crate::sink::{Receipt, Sink, SinkError};
+use crate::sink::{Sink, SinkError, Window};
 use crate::spool::StoredBatch;
 
 /// The log of relayed message ids, inside the relayed directory.
@@ -165,15 +165,38 @@ pub async fn relay_dir(dir: &Path, sink: &dyn Sink) -> Result<RelayReport, Relay
     }
     manifests.sort();
 
-    let window = sink.window().max(1);
-    let mut in_flight: VecDeque<((String, Option<i64>), u64, Receipt)> = VecDeque::new();
+    // Confirmed message ids go to the log also when a later batch fails, so that a
+    // retry does not send them again.
     let mut confirmed: Vec<(String, Option<i64>)> = Vec::new();
+    let sent = relay_batches(dir, sink, &mut log, &manifests, &mut report, &mut confirmed).await;
+    let synced = sink.sync().await;
+    log.record(&confirmed)?;
+    sent?;
+    synced?;
+
+    report.control = relay_control(dir, sink, &mut log, &mut report.damaged).await?;
+    Ok(report)
+}
+
+/// Relays the batch files in order, in a window of unconfirmed ones, holding a connector
+/// back at a damaged file or a gap in its seqs. Confirmed message ids (with their
+/// connector's next seq) are logged a window at a time; the rest are left in `confirmed`
+/// for the caller to log, also after a failure.
+async fn relay_batches(
+    dir: &Path,
+    sink: &dyn Sink,
+    log: &mut RelayLog,
+    manifests: &[(String, i64, PathBuf)],
+    report: &mut RelayReport,
+    confirmed: &mut Vec<(String, Option<i64>)>,
+) -> Result<(), RelayError> {
+    let mut window: Window<((String, Option<i64>), u64)> = Window::new(sink);
     // What each connector's next batch must start with, as relayed so far.
     let mut expected = log.next_seq.clone();
     // A connector whose file is damaged or incomplete is held there: relaying its later
     // batches first would put them out of order on the queue.
     let mut held: HashSet<String> = HashSet::new();
-    for (connector, _, path) in &manifests {
+    for (connector, _, path) in manifests {
         if held.contains(connector) {
             report.damaged.push((
                 path.clone(),
@@ -209,34 +232,30 @@ pub async fn relay_dir(dir: &Path, sink: &dyn Sink) -> Result<RelayReport, Relay
             continue;
         }
         expected.insert(batch.meta.connector.clone(), batch.meta.last_seq + 1);
-        let id = (id, Some(batch.meta.last_seq + 1));
-        if in_flight.len() >= window
-            && let Some((id, records, receipt)) = in_flight.pop_front()
+        if window.room() == 0
+            && let Some((id, records)) = window.confirm_oldest().await?
         {
-            receipt.await?;
             report.batches += 1;
             report.records += records;
             confirmed.push(id);
-            if confirmed.len() >= window {
+            if confirmed.len() >= sink.window() {
                 sink.sync().await?;
-                log.record(&confirmed)?;
+                log.record(confirmed)?;
                 confirmed.clear();
             }
         }
         let receipt = sink.send(&batch).await?;
-        in_flight.push_back((id, batch.meta.count as u64, receipt));
+        window.push(
+            ((id, Some(batch.meta.last_seq + 1)), batch.meta.count as u64),
+            receipt,
+        );
     }
-    while let Some((id, records, receipt)) = in_flight.pop_front() {
-        receipt.await?;
+    while let Some((id, records)) = window.confirm_oldest().await? {
         report.batches += 1;
         report.records += records;
         confirmed.push(id);
     }
-    sink.sync().await?;
-    log.record(&confirmed)?;
-
-    report.control = relay_control(dir, sink, &mut log, &mut report.damaged).await?;
-    Ok(report)
+    Ok(())
 }
 
 /// Relays the control messages of `<dir>/control/`.

@@ -109,12 +109,44 @@ impl std::ops::AddAssign for Delivered {
     }
 }
 
+/// Items handed to a sink and awaiting their receipts, oldest first, at most the sink's
+/// window of them. Shared by delivery from the spool and `fepd relay`.
+pub struct Window<T> {
+    size: usize,
+    in_flight: VecDeque<(T, Receipt)>,
+}
+
+impl<T> Window<T> {
+    pub fn new(sink: &dyn Sink) -> Window<T> {
+        let size = sink.window().max(1);
+        Window {
+            size,
+            in_flight: VecDeque::with_capacity(size),
+        }
+    }
+
+    pub fn room(&self) -> usize {
+        self.size - self.in_flight.len()
+    }
+
+    pub fn push(&mut self, item: T, receipt: Receipt) {
+        self.in_flight.push_back((item, receipt));
+    }
+
+    /// Waits for the oldest item's receipt; `None` when nothing is in flight.
+    pub async fn confirm_oldest(&mut self) -> Result<Option<T>, SinkError> {
+        match self.in_flight.pop_front() {
+            Some((item, receipt)) => receipt.await.map(|()| Some(item)),
+            None => Ok(None),
+        }
+    }
+}
+
 /// A batch in flight: what is needed to mark it delivered once its receipt resolves.
 struct InFlight {
     connector: String,
     first_seq: i64,
     records: u64,
-    receipt: Receipt,
 }
 
 /// Confirmed batches not yet marked delivered.
@@ -180,18 +212,17 @@ async fn deliver_window(
     confirmed: &mut Confirmed,
     done: &mut Delivered,
 ) -> Result<(), SinkError> {
-    let window = sink.window().max(1);
+    let mut window: Window<InFlight> = Window::new(sink);
     // Mark in groups: one spool transaction (and fsync) per few batches, not per batch.
-    let mark_every = window.div_ceil(2).max(1);
-    let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(window);
+    let mark_every = sink.window().max(1).div_ceil(2);
     // The last batch handed over, to fetch the ones after it.
     let mut position: Option<(String, i64)> = None;
     let mut exhausted = false;
     loop {
-        if !exhausted && in_flight.len() < window {
+        if !exhausted && window.room() > 0 {
             // Only a few bodies at a time are read into memory; the sink copies each into
             // its frames, so a body is not held while its batch awaits a confirm.
-            let want = (window - in_flight.len()).min(4) as i64;
+            let want = window.room().min(4) as i64;
             let batches = spool.pending_after(position.as_ref(), want).await?;
             if batches.is_empty() {
                 exhausted = true;
@@ -200,18 +231,17 @@ async fn deliver_window(
                 let receipt = sink.send(&b).await?;
                 crate::crashpoint::hit("after_sink_write");
                 position = Some((b.meta.connector.clone(), b.meta.first_seq));
-                in_flight.push_back(InFlight {
+                let f = InFlight {
                     connector: b.meta.connector,
                     first_seq: b.meta.first_seq,
                     records: b.meta.count as u64,
-                    receipt,
-                });
+                };
+                window.push(f, receipt);
             }
             continue;
         }
-        match in_flight.pop_front() {
+        match window.confirm_oldest().await? {
             Some(f) => {
-                f.receipt.await?;
                 tracing::debug!(connector = %f.connector, first_seq = f.first_seq, "batch confirmed");
                 confirmed.batches.push((f.connector, f.first_seq));
                 confirmed.records += f.records;
