@@ -5,27 +5,10 @@
 
 mod common;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::FieldTable;
 
 use common::broker::{self, BROKER, amqp_demo, queue_for, unique};
-
-fn headers_json(props: &lapin::BasicProperties) -> serde_json::Map<String, serde_json::Value> {
-    let mut map = serde_json::Map::new();
-    if let Some(h) = props.headers() {
-        for (k, v) in h.inner() {
-            let v = match v {
-                AMQPValue::LongString(s) => {
-                    serde_json::Value::String(String::from_utf8_lossy(s.as_bytes()).into_owned())
-                }
-                AMQPValue::LongLongInt(i) => serde_json::Value::from(*i),
-                other => serde_json::Value::String(format!("{other:?}")),
-            };
-            map.insert(k.to_string(), v);
-        }
-    }
-    map
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_arrive_as_confirmed_persistent_messages_and_verify() {
@@ -58,7 +41,7 @@ async fn batches_arrive_as_confirmed_persistent_messages_and_verify() {
             props.content_encoding().as_ref().map(|s| s.as_str()),
             Some("gzip")
         );
-        let headers = headers_json(props);
+        let headers = fepd::verify::queue::headers_json(props.headers().as_ref());
         let connector = headers["fep-connector"].as_str().unwrap().to_string();
         let first = headers["fep-first-seq"].as_i64().unwrap();
         assert_eq!(
@@ -157,19 +140,7 @@ async fn unroutable_or_unreachable_leaves_the_batches_in_the_spool() {
         summary.delivered.records as usize,
         1_000 - demo.generated.planted.len() + 5_000
     );
-    let count = ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count();
-    assert!(count > 0);
+    assert!(broker::queue_depth(&queue).await.unwrap() > 0);
     ch.queue_delete(queue.as_str().into(), Default::default())
         .await
         .unwrap();
@@ -183,6 +154,23 @@ fn fepd(args: &[&str]) -> std::process::Output {
         .env_remove("FEPD_CONFIG")
         .output()
         .expect("fepd runs")
+}
+
+/// `fepd verify --amqp` on `queue` until it is idle: the outcome and what it said.
+fn verify_queue(queue: &str, pubkey: &std::path::Path) -> (std::process::Output, String) {
+    let out = fepd(&[
+        "verify",
+        "--amqp",
+        BROKER,
+        "--queue",
+        queue,
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+        "--idle",
+        "3s",
+    ]);
+    let said = text(&out);
+    (out, said)
 }
 
 fn text(o: &std::process::Output) -> String {
@@ -403,18 +391,7 @@ async fn relay_publishes_dir_files_idempotently_and_verify_amqp_checks_the_queue
     assert!(third.status.success(), "{}", text(&third));
 
     let pubkey = broker::pubkey_file(&demo);
-    let verified = fepd(&[
-        "verify",
-        "--amqp",
-        BROKER,
-        "--queue",
-        &queue,
-        "--pubkey",
-        pubkey.to_str().unwrap(),
-        "--idle",
-        "3s",
-    ]);
-    let said = text(&verified);
+    let (verified, said) = verify_queue(&queue, &pubkey);
     assert!(verified.status.success(), "{said}");
     assert!(said.contains("OK: every hash"), "{said}");
     // The third relay's copies are whole re-sent batches, identical to the first copies.
@@ -661,18 +638,7 @@ async fn relay_waits_for_a_file_that_has_not_crossed_yet() {
     assert!(again.status.success(), "{}", text(&again));
 
     let pubkey = broker::pubkey_file(&demo);
-    let verified = fepd(&[
-        "verify",
-        "--amqp",
-        BROKER,
-        "--queue",
-        &queue,
-        "--pubkey",
-        pubkey.to_str().unwrap(),
-        "--idle",
-        "3s",
-    ]);
-    let said = text(&verified);
+    let (verified, said) = verify_queue(&queue, &pubkey);
     assert!(verified.status.success(), "in order, no gap: {said}");
     assert!(said.contains(" 0 re-sent batch(es)"), "{said}");
     broker::delete_queue(&queue).await;

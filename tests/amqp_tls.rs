@@ -11,9 +11,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-
 /// The private node; stopped on drop, also when the test fails.
 struct TlsNode {
     dir: tempfile::TempDir,
@@ -116,18 +113,7 @@ async fn tls_verifies_the_broker_and_client_certificates_are_required() {
         .await
         .expect("delivers over mTLS");
     assert!(summary.delivered.records > 0);
-    let depth = ch
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count();
+    let depth = common::broker::message_count(&ch, &queue).await.unwrap();
     assert_eq!(u64::from(depth), summary.delivered.batches);
     drop(agent);
 

@@ -131,7 +131,14 @@ pub async fn queue_depth(queue: &str) -> Option<u32> {
         .await
         .ok()?;
     let ch = conn.create_channel().await.ok()?;
-    let n = ch
+    let n = message_count(&ch, queue).await;
+    let _ = conn.close(200, "".into()).await;
+    n
+}
+
+/// Messages in `queue` on the channel's broker, if the queue exists.
+pub async fn message_count(ch: &lapin::Channel, queue: &str) -> Option<u32> {
+    let declared = ch
         .queue_declare(
             queue.into(),
             QueueDeclareOptions {
@@ -141,10 +148,8 @@ pub async fn queue_depth(queue: &str) -> Option<u32> {
             FieldTable::default(),
         )
         .await
-        .ok()?
-        .message_count();
-    let _ = conn.close(200, "".into()).await;
-    Some(n)
+        .ok()?;
+    Some(declared.message_count())
 }
 
 pub async fn delete_queue(queue: &str) {
