@@ -50,6 +50,36 @@ SQL
     fi
 }
 
+# timed_run DIR: fepd's full pass with DIR's config, timed by /usr/bin/time; sets
+# seconds, rss_kb and records.
+timed_run() {
+    local out
+    out=$(mktemp)
+    /usr/bin/time -f '%e %M' -o "$out.time" "$bin" --config "$1/fepd.toml" --log warn run --once | tee "$out"
+    read -r seconds rss_kb < "$out.time"
+    records=$(grep -oE '[0-9]+ record\(s\) delivered' "$out" | grep -oE '^[0-9]+')
+}
+
+# write_pg_agent DIR SINK: a fresh agent in DIR reading the table (5,000-record batches)
+# into the [sink] given by its TOML body, with a new signing key (public key in
+# DIR/public.key).
+write_pg_agent() {
+    local dir=$1 sink=$2
+    rm -rf "$dir"; mkdir -p "$dir/connectors.d"
+    cat > "$dir/fepd.toml" <<TOML
+agent_id = "bench"
+region_code = "430124"
+state_dir = "state"
+signing_key = "signing.key"
+[sink]
+$sink
+[spool]
+batch_size = 5000
+TOML
+    write_pg_connector "$dir"
+    "$bin" keygen --out "$dir/signing.key" > "$dir/public.key" 2>/dev/null
+}
+
 # The connector reading that table.
 write_pg_connector() {
     local dir=$1
@@ -90,10 +120,7 @@ sqlite-dir)
         "$bin" demo --dir "$dir" --rows "$rows" >/dev/null
     fi
     rm -rf "$dir/state" "$dir/outbox"
-    out=$(mktemp)
-    /usr/bin/time -f '%e %M' -o "$out.time" "$bin" --config "$dir/fepd.toml" --log warn run --once | tee "$out"
-    read -r seconds rss_kb < "$out.time"
-    records=$(grep -oE '[0-9]+ record\(s\) delivered' "$out" | grep -oE '^[0-9]+')
+    timed_run "$dir"
     "$bin" verify "$dir/outbox" --pubkey "$("$bin" --config "$dir/fepd.toml" check | sed -n 's/.*public key //p')" | tail -1
     awk -v n="$records" -v s="$seconds" -v k="$rss_kb" \
         'BEGIN { printf "bench sqlite-dir: %d records/s, peak RSS %.0f MiB (%d records in %.2f s)\n", n / s, k / 1024, n, s }'
@@ -104,24 +131,9 @@ postgres-dir)
     # physical reading limit); and the peer tool sling moving the table to a JSONL file.
     ensure_pg_table
     dir="$work/postgres-dir"
-    rm -rf "$dir"; mkdir -p "$dir/connectors.d"
-    cat > "$dir/fepd.toml" <<TOML
-agent_id = "bench"
-region_code = "430124"
-state_dir = "state"
-signing_key = "signing.key"
-[sink]
-type = "dir"
-path = "outbox"
-[spool]
-batch_size = 5000
-TOML
-    write_pg_connector "$dir"
-    "$bin" keygen --out "$dir/signing.key" > "$dir/public.key" 2>/dev/null
-    out=$(mktemp)
-    /usr/bin/time -f '%e %M' -o "$out.time" "$bin" --config "$dir/fepd.toml" --log warn run --once | tee "$out"
-    read -r seconds rss_kb < "$out.time"
-    records=$(grep -oE '[0-9]+ record\(s\) delivered' "$out" | grep -oE '^[0-9]+')
+    write_pg_agent "$dir" 'type = "dir"
+path = "outbox"'
+    timed_run "$dir"
     "$bin" verify "$dir/outbox" --pubkey "$dir/public.key" | tail -1
 
     cols="pay_id, project_code, name, id_card, village_code, bank_account, amount, pay_date, period, updated_at"
@@ -164,27 +176,15 @@ postgres-amqp)
     python3 -c 'import pika' 2>/dev/null || pip install -q pika psycopg2-binary >/dev/null
     python3 -c 'import psycopg2' 2>/dev/null || pip install -q psycopg2-binary >/dev/null
     dir="$work/postgres-amqp"
-    rm -rf "$dir"; mkdir -p "$dir/connectors.d"
     exchange="fep.records.bench.$$"
     queue="fepd.bench.$$"
-    cat > "$dir/fepd.toml" <<TOML
-agent_id = "bench"
-region_code = "430124"
-state_dir = "state"
-signing_key = "signing.key"
-[sink]
-type = "amqp"
-urls = ["amqp://127.0.0.1:5672/%2f"]
-user = "guest"
-password = { env = "BENCH_AMQP_PASSWORD" }
-exchange = "$exchange"
-control_exchange = "$exchange.control"
-${BENCH_SINK_EXTRA:-}
-[spool]
-batch_size = 5000
-TOML
-    write_pg_connector "$dir"
-    "$bin" keygen --out "$dir/signing.key" > "$dir/public.key" 2>/dev/null
+    write_pg_agent "$dir" "type = \"amqp\"
+urls = [\"amqp://127.0.0.1:5672/%2f\"]
+user = \"guest\"
+password = { env = \"BENCH_AMQP_PASSWORD\" }
+exchange = \"$exchange\"
+control_exchange = \"$exchange.control\"
+${BENCH_SINK_EXTRA:-}"
     amqp() { python3 - "$@" <<'PY'
 import sys, pika
 what, exchange, queue = sys.argv[1:4]
@@ -208,10 +208,7 @@ PY
     amqp setup "$exchange" "$queue"
     trap 'amqp delete "$exchange" "$queue" || true' EXIT
     export BENCH_AMQP_PASSWORD=guest
-    out=$(mktemp)
-    /usr/bin/time -f '%e %M' -o "$out.time" "$bin" --config "$dir/fepd.toml" --log warn run --once | tee "$out"
-    read -r seconds rss_kb < "$out.time"
-    records=$(grep -oE '[0-9]+ record\(s\) delivered' "$out" | grep -oE '^[0-9]+')
+    timed_run "$dir"
     "$bin" verify --amqp "amqp://guest:guest@127.0.0.1:5672/%2f" --queue "$queue" --pubkey "$dir/public.key" --expect "$records" --idle 10s | tail -2
 
     amqp purge "$exchange" "$queue"
