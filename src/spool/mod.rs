@@ -523,11 +523,6 @@ impl Spool {
         Ok(())
     }
 
-    /// Undelivered batches in sequence order per connector, at most `limit`.
-    pub async fn pending(&self, limit: i64) -> Result<Vec<StoredBatch>, SpoolError> {
-        self.pending_after(None, limit).await
-    }
-
     /// Undelivered batches after `(connector, first_seq)` in (connector, sequence) order,
     /// at most `limit`.
     pub async fn pending_after(

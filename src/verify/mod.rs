@@ -46,6 +46,19 @@ pub struct ChainSummary {
     pub head_hash: String,
 }
 
+impl ChainSummary {
+    /// Adds a verified batch that started at `first_seq` and left the chain at `next`.
+    pub fn add_batch(&mut self, first_seq: i64, next: &ChainCursor) {
+        if self.batches == 0 {
+            self.first_seq = first_seq;
+        }
+        self.batches += 1;
+        self.records += (next.next_seq - first_seq).max(0) as u64;
+        self.last_seq = next.next_seq - 1;
+        self.head_hash = hex::encode(next.head);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Report {
     pub chains: BTreeMap<String, ChainSummary>,
@@ -354,10 +367,7 @@ pub fn verify_dir(dir: &Path, key: &VerifyingKey) -> std::io::Result<Report> {
                 chain.as_ref(),
             ) {
                 Ok(next) => {
-                    summary.batches += 1;
-                    summary.records += (next.next_seq - e.first_seq) as u64;
-                    summary.last_seq = next.next_seq - 1;
-                    summary.head_hash = hex::encode(next.head);
+                    summary.add_batch(e.first_seq, &next);
                     chain = Some(next);
                 }
                 Err((seq, m)) => {

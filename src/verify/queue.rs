@@ -21,7 +21,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use sha2::{Digest, Sha256};
 
-use super::{BatchView, Break, ChainCursor, ChainSummary, Report, verify_batch};
+use super::{BatchView, Break, ChainCursor, ChainSummary, Report, header_i64, verify_batch};
 use crate::config::redact_url;
 
 /// Where and how long to consume.
@@ -152,9 +152,13 @@ pub async fn verify_queue(
         .await
         .map_err(|e| fail(e.to_string()))?;
 
-    let mut out = QueueReport::default();
-    let mut seen: HashMap<String, [u8; 32]> = HashMap::new();
-    let mut connectors: BTreeMap<String, Connector> = BTreeMap::new();
+    let mut check = QueueCheck {
+        queue: &source.queue,
+        key,
+        out: QueueReport::default(),
+        seen: HashMap::new(),
+        connectors: BTreeMap::new(),
+    };
     let mut records = 0u64;
     loop {
         if source.expect_records.is_some_and(|n| records >= n) {
@@ -165,7 +169,7 @@ pub async fn verify_queue(
             Ok(Some(Err(e))) => return Err(fail(e.to_string())),
             Ok(Some(Ok(d))) => d,
         };
-        out.messages += 1;
+        check.out.messages += 1;
         let headers = headers_json(delivery.properties.headers().as_ref());
         let message_id = delivery
             .properties
@@ -177,19 +181,9 @@ pub async fn verify_queue(
         let is_control =
             schema.is_some_and(|s| s.starts_with("fep.") && s != crate::envelope::SCHEMA);
         if is_control {
-            out.control_messages += 1;
+            check.out.control_messages += 1;
         } else {
-            let n = check_message(
-                &mut out,
-                &mut seen,
-                &mut connectors,
-                &source.queue,
-                &message_id,
-                &headers,
-                &delivery.data,
-                key,
-            );
-            records += n;
+            records += check.batch(&message_id, &headers, &delivery.data);
         }
         if !source.keep {
             delivery
@@ -203,83 +197,79 @@ pub async fn verify_queue(
         connection.close(200, "fepd verify done".into()),
     )
     .await;
-    for (name, c) in connectors {
+    let mut out = check.out;
+    for (name, c) in check.connectors {
         out.report.chains.insert(name, c.summary);
     }
     Ok(out)
 }
 
-/// Checks one batch message; returns the new records it verified.
-#[allow(clippy::too_many_arguments)]
-fn check_message(
-    out: &mut QueueReport,
-    seen: &mut HashMap<String, [u8; 32]>,
-    connectors: &mut BTreeMap<String, Connector>,
-    queue: &str,
-    message_id: &str,
-    headers: &serde_json::Map<String, serde_json::Value>,
-    body: &[u8],
-    key: &VerifyingKey,
-) -> u64 {
-    let digest: [u8; 32] = Sha256::digest(body).into();
-    let connector_name = headers
-        .get("fep-connector")
-        .and_then(|v| v.as_str())
-        .unwrap_or("?")
-        .to_string();
-    let place = PathBuf::from(format!("amqp:{queue}#{message_id}"));
-    let c = connectors.entry(connector_name.clone()).or_default();
-    let mut broken = |c: &mut Connector, seq: Option<i64>, message: String| {
-        c.broken = true;
-        out.report.breaks.push(Break {
-            connector: connector_name.clone(),
-            file: place.clone(),
-            seq,
-            message,
-        });
-    };
-    if let Some(first) = seen.get(message_id) {
-        if *first == digest {
-            out.duplicate_batches += 1;
-            out.duplicate_records += headers
-                .get("fep-count")
-                .and_then(|v| v.as_i64())
-                .unwrap_or(0) as u64;
-        } else {
-            broken(
-                c,
-                None,
-                format!("message {message_id} was re-sent with a different body"),
-            );
-        }
-        return 0;
-    }
-    seen.insert(message_id.to_string(), digest);
-    if c.broken {
-        // After a break the chain cannot be followed; the first break says where.
-        return 0;
-    }
-    match verify_batch(&BatchView { headers, body }, key, c.chain.as_ref()) {
-        Ok(next) => {
-            let first = next.next_seq
-                - headers
-                    .get("fep-count")
-                    .and_then(|v| v.as_i64())
-                    .unwrap_or(0);
-            if c.summary.batches == 0 {
-                c.summary.first_seq = first;
+/// What consuming has seen so far.
+struct QueueCheck<'a> {
+    queue: &'a str,
+    key: &'a VerifyingKey,
+    out: QueueReport,
+    /// Digest of each message id's first copy.
+    seen: HashMap<String, [u8; 32]>,
+    connectors: BTreeMap<String, Connector>,
+}
+
+impl QueueCheck<'_> {
+    /// Checks one batch message; returns the new records it verified.
+    fn batch(
+        &mut self,
+        message_id: &str,
+        headers: &serde_json::Map<String, serde_json::Value>,
+        body: &[u8],
+    ) -> u64 {
+        let digest: [u8; 32] = Sha256::digest(body).into();
+        let connector_name = headers
+            .get("fep-connector")
+            .and_then(|v| v.as_str())
+            .unwrap_or("?")
+            .to_string();
+        let place = PathBuf::from(format!("amqp:{}#{message_id}", self.queue));
+        let c = self.connectors.entry(connector_name.clone()).or_default();
+        let breaks = &mut self.out.report.breaks;
+        let mut broken = |c: &mut Connector, seq: Option<i64>, message: String| {
+            c.broken = true;
+            breaks.push(Break {
+                connector: connector_name.clone(),
+                file: place.clone(),
+                seq,
+                message,
+            });
+        };
+        if let Some(first) = self.seen.get(message_id) {
+            if *first == digest {
+                self.out.duplicate_batches += 1;
+                self.out.duplicate_records += header_i64(headers, "fep-count").unwrap_or(0) as u64;
+            } else {
+                broken(
+                    c,
+                    None,
+                    format!("message {message_id} was re-sent with a different body"),
+                );
             }
-            let n = (next.next_seq - first).max(0) as u64;
-            c.summary.batches += 1;
-            c.summary.records += n;
-            c.summary.last_seq = next.next_seq - 1;
-            c.summary.head_hash = hex::encode(next.head);
-            c.chain = Some(next);
-            n
+            return 0;
         }
-        Err((seq, m)) => {
-            broken(c, seq, m);
-            0
+        self.seen.insert(message_id.to_string(), digest);
+        if c.broken {
+            // After a break the chain cannot be followed; the first break says where.
+            return 0;
+        }
+        match verify_batch(&BatchView { headers, body }, self.key, c.chain.as_ref()) {
+            Ok(next) => {
+                let first = header_i64(headers, "fep-first-seq").unwrap_or(next.next_seq);
+                let before = c.summary.records;
+                c.summary.add_batch(first, &next);
+                c.chain = Some(next);
+                c.summary.records - before
+            }
+            Err((seq, m)) => {
+                broken(c, seq, m);
+                0
+            }
         }
     }
 }
